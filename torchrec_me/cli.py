@@ -1,0 +1,21 @@
+"""The ``torchrec-me`` command."""
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from torchrec_me.train import add_train_arguments, run_from_args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="torchrec-me", description="Multi-embedding recommendation models on TorchRec.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_p = sub.add_parser("train", help="train a model (same as python -m torchrec_me.train)")
+    add_train_arguments(train_p)
+    train_p.set_defaults(func=run_from_args)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Process group, planner and DistributedModelParallel construction.
+
+The same code serves CPU + gloo and CUDA + nccl: the device decides the backend and the
+planner ``Topology``; nothing else changes.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Optional, Type
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec import optim as trec_optim
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from torchrec_me.config import TrainConfig
+
+# Fused (in-backward) optimizers of the embedding tables, by config name. TorchRec maps
+# each class to an FBGEMM EmbOptimType (EXACT_ROWWISE_ADAGRAD, EXACT_ADAGRAD, EXACT_SGD,
+# ADAM); FBGEMM's CPU kernels support all but ADAM.
+SPARSE_OPTIMIZER_REGISTRY: Dict[str, Type[torch.optim.Optimizer]] = {
+    "rowwise_adagrad": trec_optim.RowWiseAdagrad,
+    "adagrad": trec_optim.Adagrad,
+    "sgd": trec_optim.SGD,
+    "adam": trec_optim.Adam,
+}
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Join the process group torchrun describes, or make a one-process group.
+
+    TorchRec's sharded modules always need a process group, so a plain
+    ``torchrec-me train`` runs as world size 1 with an in-memory store.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_name, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    return DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
+        device=device,
+    )
+
+
+def apply_sparse_optimizer(model: nn.Module, name: str, lr: float) -> None:
+    """Attach the fused optimizer to every EmbeddingBagCollection's tables."""
+    params = [p for m in model.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
+    kwargs: Dict[str, Any] = {"lr": lr}
+    if name == "adam":
+        kwargs["eps"] = 1e-8
+    apply_optimizer_in_backward(SPARSE_OPTIMIZER_REGISTRY[name], params, kwargs)
+
+
+def plan_and_shard(
+    model: nn.Module,
+    ctx: DistContext,
+    batch_size: int,
+    constraints: Optional[Dict[str, ParameterConstraints]] = None,
+) -> "tuple[DistributedModelParallel, ShardingPlan]":
+    """Plan the embedding tables with TorchRec's planner and wrap in DMP.
+
+    ``constraints`` are keyed by table name (``set{k}__{feature}``), so one set can be
+    pinned to a sharding type without touching the others.
+    """
+    if constraints is None:
+        constraints = fused_constraints(model)
+    topology = Topology(
+        world_size=ctx.world_size,
+        local_world_size=ctx.local_world_size,
+        compute_device=ctx.device.type,
+    )
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
+    pg = dist.GroupMember.WORLD
+    plan = planner.collective_plan(model, None, pg)
+    dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan)
+    return dmp, plan
+
+
+def fused_constraints(model: nn.Module) -> Dict[str, ParameterConstraints]:
+    """Keep every table on FBGEMM's fused kernel: any sharding type but data_parallel.
+
+    The planner would replicate small tables (data_parallel) as dense parameters, which
+    bypasses the fused optimizer; embedding tables stay sharded and fused instead.
+    """
+    types = [t.value for t in ShardingType if t != ShardingType.DATA_PARALLEL]
+    return {
+        table.name: ParameterConstraints(sharding_types=types, compute_kernels=[EmbeddingComputeKernel.FUSED.value])
+        for m in model.modules()
+        if isinstance(m, EmbeddingBagCollection)
+        for table in m.embedding_bag_configs()
+    }
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> CombinedOptimizer:
+    """Fused sparse optimizer (already in backward) + Adam over the dense parameters."""
+    dense = dict(in_backward_optimizer_filter(model.named_parameters()))
+    dense_opt = KeyedOptimizerWrapper(
+        dense,
+        lambda params: torch.optim.Adam(params, lr=cfg.dense_lr, weight_decay=cfg.dense_weight_decay),
+    )
+    fused = getattr(model, "fused_optimizer", None)
+    return CombinedOptimizer([fused, dense_opt] if fused is not None else [dense_opt])
+
+
+def named_sharded_modules(model: nn.Module) -> Iterable["tuple[str, nn.Module]"]:
+    """The sharded EmbeddingBagCollections inside a DMP model, by name."""
+    from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ShardedEmbeddingBagCollection)]
+
+
+@torch.no_grad()
+def load_unsharded_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Copy full (unsharded) tensors into a DMP model's local shards and dense params.
+
+    Each rank writes only the slices it owns, so no table is ever gathered. Keys are
+    those of the unsharded module (DMP's ``state_dict`` uses the same names).
+    """
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise KeyError(f"state dict lacks {len(missing)} keys, e.g. {missing[:3]}")
+    for key, target in own.items():
+        source = state[key]
+        if isinstance(target, ShardedTensor):
+            for shard in target.local_shards():
+                index = tuple(
+                    slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+                )
+                shard.tensor.copy_(source[index])
+        else:
+            target.copy_(source)
