@@ -58,7 +58,15 @@ class ModelConfig:
         set_dims (Optional[List[int]]): per-set dims, overriding ``embedding_dim``.
         hidden_dim (int): width of the MLP layers (the paper's 400).
         num_cross_layers (int): cross layers of DCNv2.
-        dropout (float): dropout after each hidden MLP layer.
+        cin_layer_sizes (List[int]): CIN layer sizes of xDeepFM.
+        feature_selection (bool): FinalMLP's feature-selection gates on (the reference
+            code switched them off).
+        fs_hidden_dim (int): hidden width of FinalMLP's gate MLPs.
+        dropout (float): dropout after each hidden MLP layer (the paper uses 0.2).
+        shared_interaction (bool): ablation: one interaction module for all K sets.
+        regularizer (str): ``none``, ``singular_value`` (the paper's SE baseline) or
+            ``space_similarity`` (between ME sets).
+        reg_weight (float): weight of the regulariser in the loss.
     """
 
     backbone: str = "dcnv2"
@@ -67,7 +75,13 @@ class ModelConfig:
     set_dims: Optional[List[int]] = None
     hidden_dim: int = 400
     num_cross_layers: int = 4
+    cin_layer_sizes: List[int] = field(default_factory=lambda: [16, 16])
+    feature_selection: bool = True
+    fs_hidden_dim: int = 800
     dropout: float = 0.0
+    shared_interaction: bool = False
+    regularizer: str = "none"
+    reg_weight: float = 1e-4
 
     def dims(self) -> List[int]:
         """The embedding dim of each of the K sets."""
@@ -152,6 +166,21 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             _fail(key, f"must be >= 1, got {value}")
+    if m.shared_interaction and len(set(m.dims())) > 1:
+        _fail("model.shared_interaction", f"a shared interaction needs equal set dims, got {m.dims()}")
+    if not m.cin_layer_sizes or min(m.cin_layer_sizes) < 1:
+        _fail("model.cin_layer_sizes", f"needs one or more positive sizes, got {m.cin_layer_sizes}")
+    if m.fs_hidden_dim < 1:
+        _fail("model.fs_hidden_dim", f"must be >= 1, got {m.fs_hidden_dim}")
+    from torchrec_me.modules.regularizers import REGULARIZER_REGISTRY
+
+    if m.regularizer != "none" and m.regularizer not in REGULARIZER_REGISTRY:
+        _fail(
+            "model.regularizer",
+            f"unknown regulariser {m.regularizer!r}; choose none or {', '.join(sorted(REGULARIZER_REGISTRY))}",
+        )
+    if m.regularizer == "space_similarity" and m.num_sets < 2:
+        _fail("model.regularizer", "space_similarity compares embedding sets and needs model.num_sets >= 2")
     if m.num_cross_layers < 0:
         _fail("model.num_cross_layers", f"must be >= 0, got {m.num_cross_layers}")
     if not 0.0 <= m.dropout < 1.0:
@@ -223,7 +252,25 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
+def apply_preset(cfg: Config, name: Any) -> None:
+    """``model=NAME``: set the model fields of a registered preset (e.g. ``dcnv2-me-4x``)."""
+    from torchrec_me.models import PRESET_REGISTRY
+
+    if not isinstance(name, str) or name not in PRESET_REGISTRY:
+        backbones = sorted({p.rsplit("-", 2)[0] for p in PRESET_REGISTRY})
+        _fail(
+            "model",
+            f"unknown preset {name!r}; presets are BACKBONE-{{se,me}}-{{1,2,3,4,10}}x with BACKBONE in "
+            f"{', '.join(backbones)}, e.g. dcnv2-me-4x",
+        )
+    for key, value in PRESET_REGISTRY[name].items():
+        setattr(cfg.model, key, value)
+
+
 def _set(cfg: Config, key: str, value: Any) -> None:
+    if key == "model":
+        apply_preset(cfg, value)
+        return
     parts = key.split(".")
     if len(parts) != 2 or parts[0] not in {f.name for f in dataclasses.fields(Config)}:
         sections = ", ".join(f.name for f in dataclasses.fields(Config))
@@ -238,6 +285,9 @@ def _set(cfg: Config, key: str, value: Any) -> None:
 
 def _apply_mapping(cfg: Config, mapping: Mapping[str, Any], origin: str) -> None:
     for section, values in mapping.items():
+        if section == "model" and isinstance(values, str):
+            apply_preset(cfg, values)
+            continue
         if not isinstance(values, Mapping):
             _fail(str(section), f"in {origin}: expected a mapping of keys, got {values!r}")
         for name, value in values.items():

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from torchrec_me.modules import DCNv2Interaction, MLPHead
+from torchrec_me.modules import DCNv2Interaction, DLRMInteraction, MLPHead
 
 
 def _cross_reference(x: np.ndarray, weights, biases) -> np.ndarray:
@@ -44,3 +44,12 @@ def test_head_shape() -> None:
     head = MLPHead(8, [8, 4], dropout=0.0)
     assert head(torch.randn(3, 8)).shape == (3,)
     assert len(head.hidden) == 2 and head.out.in_features == 4
+
+
+def test_dlrm_interaction_is_field0_and_all_pairwise_dots() -> None:
+    torch.manual_seed(0)
+    inter = DLRMInteraction(num_fields=4, embedding_dim=8, hidden_dim=5, dropout=0.0).eval()
+    emb = torch.randn(3, 4, 8)
+    dots = [(emb[:, i] * emb[:, j]).sum(-1) for i in range(4) for j in range(i + 1, 4)]
+    x = torch.cat([emb[:, 0], torch.stack(dots, dim=1)], dim=1)
+    torch.testing.assert_close(inter(emb), inter.mlp(x))

@@ -89,12 +89,16 @@ def plan_and_shard(
     ctx: DistContext,
     batch_size: int,
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
+    plan: Optional[ShardingPlan] = None,
 ) -> "tuple[DistributedModelParallel, ShardingPlan]":
     """Plan the embedding tables with TorchRec's planner and wrap in DMP.
 
     ``constraints`` are keyed by table name (``set{k}__{feature}``), so one set can be
-    pinned to a sharding type without touching the others.
+    pinned to a sharding type without touching the others. A given ``plan`` (e.g. from
+    an earlier call on a model with the same tables) skips planning.
     """
+    if plan is not None:
+        return DistributedModelParallel(module=model, device=ctx.device, plan=plan), plan
     if constraints is None:
         constraints = fused_constraints(model)
     topology = Topology(

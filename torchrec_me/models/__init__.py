@@ -1,42 +1,22 @@
-"""Model registry: backbone name -> builder of a MultiEmbeddingModel.
+"""Models: the generic multi-embedding model, its backbones and presets.
 
-A builder takes ``(cfg: ModelConfig, feature_names, num_embeddings, device)``; the
-device applies to the embedding tables (``meta`` when DistributedModelParallel will
-allocate them).
+``build_model(cfg, feature_names, num_embeddings, device)`` assembles any registered
+backbone; ``device`` applies to the embedding tables (``meta`` when
+DistributedModelParallel will allocate them).
 """
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from torchrec_me.config import ModelConfig
+from torchrec_me.models.backbones import BACKBONE_REGISTRY, PRESET_REGISTRY, Backbone
 from torchrec_me.models.me_model import MultiEmbeddingModel, MultiEmbeddingTrain
-from torchrec_me.modules import DCNv2Interaction, MLPHead, MultiEmbeddingBagCollection
+from torchrec_me.modules import MultiEmbeddingBagCollection
+from torchrec_me.modules.regularizers import REGULARIZER_REGISTRY
 
-ModelBuilder = Callable[[ModelConfig, Sequence[str], Sequence[int], Optional[torch.device]], MultiEmbeddingModel]
-
-
-def build_dcnv2(
-    cfg: ModelConfig,
-    feature_names: Sequence[str],
-    num_embeddings: Sequence[int],
-    device: Optional[torch.device] = None,
-) -> MultiEmbeddingModel:
-    """ME-DCNv2: per set CrossNet + first MLP layer, shared head ``H -> H -> 1``."""
-    dims: List[int] = cfg.dims()
-    return MultiEmbeddingModel(
-        MultiEmbeddingBagCollection(feature_names, num_embeddings, dims, device=device),
-        [
-            DCNv2Interaction(len(feature_names), d, cfg.num_cross_layers, cfg.hidden_dim, cfg.dropout)
-            for d in dims
-        ],
-        MLPHead(cfg.hidden_dim, [cfg.hidden_dim], cfg.dropout),
-    )
-
-
-MODEL_REGISTRY: Dict[str, ModelBuilder] = {
-    "dcnv2": build_dcnv2,
-}
+# Kept under this name for config validation.
+MODEL_REGISTRY = BACKBONE_REGISTRY
 
 
 def build_model(
@@ -45,7 +25,28 @@ def build_model(
     num_embeddings: Sequence[int],
     device: Optional[torch.device] = None,
 ) -> MultiEmbeddingModel:
-    return MODEL_REGISTRY[cfg.backbone](cfg, feature_names, num_embeddings, device)
+    backbone = BACKBONE_REGISTRY[cfg.backbone]
+    dims = cfg.dims()
+    num_fields = len(feature_names)
+    if cfg.shared_interaction:
+        interactions = [backbone.interaction(num_fields, dims[0], cfg)]
+    else:
+        interactions = [backbone.interaction(num_fields, d, cfg) for d in dims]
+    return MultiEmbeddingModel(
+        MultiEmbeddingBagCollection(feature_names, num_embeddings, dims, device=device),
+        interactions,
+        backbone.head(cfg),
+        regularizer=REGULARIZER_REGISTRY.get(cfg.regularizer),
+        reg_weight=cfg.reg_weight,
+    )
 
 
-__all__ = ["MODEL_REGISTRY", "MultiEmbeddingModel", "MultiEmbeddingTrain", "build_model"]
+__all__ = [
+    "BACKBONE_REGISTRY",
+    "MODEL_REGISTRY",
+    "PRESET_REGISTRY",
+    "Backbone",
+    "MultiEmbeddingModel",
+    "MultiEmbeddingTrain",
+    "build_model",
+]

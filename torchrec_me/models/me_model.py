@@ -1,6 +1,6 @@
 """Multi-embedding CTR model: K embedding sets, K interaction modules, one shared head."""
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -8,6 +8,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_me.modules.multi_embedding import MultiEmbeddingBagCollection
+from torchrec_me.modules.regularizers import Regularizer
 
 
 class MultiEmbeddingModel(nn.Module):
@@ -15,12 +16,17 @@ class MultiEmbeddingModel(nn.Module):
 
     Set k's embeddings (B, F, D_k) go through its own interaction module to (B, H); the
     K outputs are averaged to (B, H) and the shared head maps that to one logit per
-    sample. With K = 1 this is the single-embedding (SE) model.
+    sample. With K = 1 this is the single-embedding (SE) model. Passing a single
+    interaction module for K > 1 sets gives the paper's "shared interaction" ablation.
 
     Args:
         sparse_arch (MultiEmbeddingBagCollection): the K embedding sets.
-        interactions (Sequence[nn.Module]): K modules, module k maps (B, F, D_k) -> (B, H).
+        interactions (Sequence[nn.Module]): K modules (module k maps (B, F, D_k) ->
+            (B, H)), or one module shared by all sets (equal dims required).
         head (nn.Module): maps (B, H) -> (B,) logits.
+        regularizer (Optional[Regularizer]): maps the K per-set embeddings to a scalar
+            added to the training loss by :class:`MultiEmbeddingTrain`.
+        reg_weight (float): its weight.
 
     Example::
 
@@ -35,40 +41,59 @@ class MultiEmbeddingModel(nn.Module):
         sparse_arch: MultiEmbeddingBagCollection,
         interactions: Sequence[nn.Module],
         head: nn.Module,
+        regularizer: Optional[Regularizer] = None,
+        reg_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if len(interactions) != sparse_arch.num_sets:
+        k = sparse_arch.num_sets
+        if len(interactions) not in (1, k):
+            raise ValueError(f"{len(interactions)} interaction modules for {k} embedding sets (need {k} or 1 shared)")
+        if len(interactions) == 1 and len(set(sparse_arch.embedding_dims)) > 1:
             raise ValueError(
-                f"{len(interactions)} interaction modules for {sparse_arch.num_sets} embedding sets"
+                f"a shared interaction needs equal set dims, got {sparse_arch.embedding_dims}"
             )
         self.sparse_arch = sparse_arch
         self.interactions = nn.ModuleList(interactions)
         self.head = head
+        self.regularizer = regularizer
+        self.reg_weight = reg_weight
+
+    def _logits(self, per_set: List[torch.Tensor]) -> torch.Tensor:
+        shared = len(self.interactions) == 1
+        hidden = [self.interactions[0 if shared else k](emb) for k, emb in enumerate(per_set)]
+        return self.head(torch.stack(hidden, dim=0).mean(0))
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
-        per_set: List[torch.Tensor] = self.sparse_arch(sparse_features)
-        hidden = torch.stack(
-            [inter(emb) for inter, emb in zip(self.interactions, per_set)], dim=0
-        ).mean(0)
-        return self.head(hidden)
+        return self._logits(self.sparse_arch(sparse_features))
+
+    def forward_train(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits and the weighted regularisation term (None without a regulariser)."""
+        per_set = self.sparse_arch(sparse_features)
+        reg = self.reg_weight * self.regularizer(per_set) if self.regularizer is not None else None
+        return self._logits(per_set), reg
 
 
 class MultiEmbeddingTrain(nn.Module):
     """Training wrapper with TorchRec's contract (as ``DLRMTrain``).
 
     Takes a ``Batch`` and returns ``(loss, (loss, logits, labels))``, detached in the
-    inner tuple, which is what ``TrainPipelineSparseDist`` expects.
+    inner tuple, which is what ``TrainPipelineSparseDist`` expects. The loss is the mean
+    binary cross-entropy plus the model's weighted regulariser, if any.
 
     Args:
-        model (nn.Module): maps ``(dense_features, sparse_features)`` to (B,) logits.
+        model (MultiEmbeddingModel): maps ``(dense_features, sparse_features)`` to (B,) logits.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: MultiEmbeddingModel) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.model(batch.dense_features, batch.sparse_features)
+        logits, reg = self.model.forward_train(batch.dense_features, batch.sparse_features)
         loss = self.loss_fn(logits, batch.labels.float())
+        if reg is not None:
+            loss = loss + reg
         return loss, (loss.detach(), logits.detach(), batch.labels.detach())
