@@ -39,7 +39,7 @@ class DataConfig:
 
     name: str = "synthetic"
     seed: int = 0
-    cardinality_scale: float = 0.01
+    cardinality_scale: float = 0.005
     max_cardinality: int = 20000
     zipf_alpha: float = 1.1
     teacher_dim: int = 4
@@ -78,7 +78,7 @@ class ModelConfig:
     cin_layer_sizes: List[int] = field(default_factory=lambda: [16, 16])
     feature_selection: bool = True
     fs_hidden_dim: int = 800
-    dropout: float = 0.0
+    dropout: float = 0.2
     shared_interaction: bool = False
     regularizer: str = "none"
     reg_weight: float = 1e-4
@@ -105,15 +105,15 @@ class TrainConfig:
         log_every (int): steps between progress-bar and log updates.
     """
 
-    steps: int = 1500
-    batch_size: int = 512
+    steps: int = 600
+    batch_size: int = 1024
     eval_batch_size: int = 4096
     seed: int = 0
     device: str = "auto"
     dense_lr: float = 1e-3
     dense_weight_decay: float = 1e-6
     sparse_optimizer: str = "rowwise_adagrad"
-    sparse_lr: float = 0.05
+    sparse_lr: float = 0.1
     log_every: int = 20
 
 
