@@ -103,6 +103,12 @@ class TrainConfig:
         sparse_optimizer (str): fused optimizer of the embedding tables.
         sparse_lr (float): learning rate of the fused optimizer.
         log_every (int): steps between progress-bar and log updates.
+        eval_every (int): steps between validations (0: only at the end); each one
+            can become the best checkpoint and counts towards early stopping.
+        early_stop_patience (int): stop after this many validations without a better AUC.
+        checkpoint_every (int): steps between checkpoints in the run dir (0: only at
+            the end); needs ``--run-dir``.
+        keep_checkpoints (int): how many of the newest step checkpoints to keep.
     """
 
     steps: int = 600
@@ -115,6 +121,10 @@ class TrainConfig:
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.1
     log_every: int = 20
+    eval_every: int = 0
+    early_stop_patience: int = 3
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -160,6 +170,8 @@ def validate(cfg: Config) -> None:
         ("train.batch_size", t.batch_size),
         ("train.eval_batch_size", t.eval_batch_size),
         ("train.log_every", t.log_every),
+        ("train.early_stop_patience", t.early_stop_patience),
+        ("train.keep_checkpoints", t.keep_checkpoints),
         ("data.val_samples", d.val_samples),
         ("data.max_cardinality", d.max_cardinality),
         ("data.teacher_dim", d.teacher_dim),
@@ -181,6 +193,9 @@ def validate(cfg: Config) -> None:
         )
     if m.regularizer == "space_similarity" and m.num_sets < 2:
         _fail("model.regularizer", "space_similarity compares embedding sets and needs model.num_sets >= 2")
+    for key, value in (("train.eval_every", t.eval_every), ("train.checkpoint_every", t.checkpoint_every)):
+        if value < 0:
+            _fail(key, f"must be >= 0 (0 means only at the end), got {value}")
     if m.num_cross_layers < 0:
         _fail("model.num_cross_layers", f"must be >= 0, got {m.num_cross_layers}")
     if not 0.0 <= m.dropout < 1.0:

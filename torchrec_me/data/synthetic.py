@@ -66,6 +66,7 @@ class SyntheticCriteo:
     """
 
     num_dense: int = 0
+    has_teacher: bool = True  # eval batches carry the teacher's probability
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg

@@ -1,0 +1,320 @@
+"""TorchX components in launch/components.py.
+
+* TorchX's own component checks (``ComponentTestCase.validate``: the file linter and
+  the ``--help`` parser that ``torchx run`` builds from the signature and docstring).
+* The AppDefs they build: replicas, torchrun command line, env, resources.
+* One real ``torchx run -s local_cwd launch/components.py:train -j 2x1 -- ...`` on CPU
+  (two simulated nodes, one worker each, c10d rendezvous on localhost, gloo), shared by
+  the tests below through a module-scoped fixture.
+"""
+
+import importlib.util
+import inspect
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, List
+
+import docstring_parser
+import pytest
+import torchx.specs as specs
+from torchx.components.component_test_base import ComponentTestCase
+from torchx.specs.builders import materialize_appdef
+from torchx.specs.file_linter import validate as lint_component
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENTS = REPO / "launch" / "components.py"
+VENV_BIN = Path(sys.executable).parent
+
+
+def _load_components() -> ModuleType:
+    # Loaded by path, as `torchx run launch/components.py:train` does (launch/ is not
+    # an installed package).
+    spec = importlib.util.spec_from_file_location("torchrec_me_launch_components", COMPONENTS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+components = _load_components()
+
+
+# --------------------------------------------------------------------------- TorchX checks
+
+
+class TestComponentsValidate(ComponentTestCase):
+    """``torchx run launch/components.py:<fn> --help`` works for both components."""
+
+    def test_train_validates(self) -> None:
+        self.validate(components, "train")
+
+    def test_benchmark_validates(self) -> None:
+        self.validate(components, "benchmark")
+
+
+@pytest.mark.parametrize("fn", ["train", "benchmark"])
+def test_component_linter_is_clean(fn: str) -> None:
+    assert lint_component(str(COMPONENTS), fn) == []
+
+
+@pytest.mark.parametrize("fn", ["train", "benchmark"])
+def test_every_argument_is_documented(fn: str) -> None:
+    # TorchX silently fills a missing description; `--help` should not have holes.
+    func = getattr(components, fn)
+    doc = docstring_parser.parse(inspect.getdoc(func) or "")
+    documented = {p.arg_name for p in doc.params if p.description}
+    assert set(inspect.signature(func).parameters) - documented == set()
+    assert doc.short_description
+
+
+# --------------------------------------------------------------------------- AppDefs
+
+
+def _role(app: specs.AppDef) -> specs.Role:
+    assert len(app.roles) == 1, app.roles
+    return app.roles[0]
+
+
+def _torchrun_cmd(role: specs.Role, replica_id: int = 0) -> List[str]:
+    """The torchrun command line ddp wraps in ``bash -c``, with TorchX's macros
+    substituted the way the local schedulers do (``rank0_env=TORCHX_RANK0_HOST``)."""
+    values = specs.macros.Values(img_root="", app_id="app-1", replica_id=str(replica_id), rank0_env="TORCHX_RANK0_HOST")
+    role = values.apply(role)
+    assert role.entrypoint == "bash"
+    assert role.args[0] == "-c"
+    return shlex.split(role.args[1])
+
+
+def _flag(cmd: List[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+@pytest.mark.parametrize("j,nnodes,nproc", [("1x2", 1, 2), ("2x1", 2, 1), ("3x4", 3, 4)])
+def test_train_topology(j: str, nnodes: int, nproc: int) -> None:
+    role = _role(components.train(j=j))
+    assert role.num_replicas == nnodes
+    assert role.min_replicas == nnodes
+    cmd = _torchrun_cmd(role)
+    assert cmd[0] == "torchrun"
+    assert _flag(cmd, "--nnodes") == str(nnodes)
+    assert _flag(cmd, "--nproc_per_node") == str(nproc)
+    assert _flag(cmd, "--rdzv_backend") == "c10d"
+    if nnodes == 1:
+        assert _flag(cmd, "--rdzv_endpoint") == "localhost:0"
+    else:
+        # bash expands it on each node; local_cwd sets TORCHX_RANK0_HOST=localhost
+        assert _flag(cmd, "--rdzv_endpoint") == "${TORCHX_RANK0_HOST:=localhost}:29500"
+    assert _flag(cmd, "--rdzv_id") == "app-1"
+
+
+def test_train_default_is_one_node_two_workers() -> None:
+    role = _role(components.train())
+    cmd = _torchrun_cmd(role)
+    assert role.num_replicas == 1 and _flag(cmd, "--nproc_per_node") == "2"
+
+
+def test_train_runs_module_with_overrides_and_options() -> None:
+    app = components.train(
+        "train.steps=20",
+        "model.num_sets=2",
+        config="configs/default.yaml",
+        run_dir="/ckpt/run1",
+        metrics_out="/ckpt/run1/m.json",
+    )
+    cmd = _torchrun_cmd(_role(app))
+    i = cmd.index("-m")
+    assert cmd[i + 1] == "torchrec_me.train"
+    train_args = cmd[i + 2 :]
+    assert train_args == [
+        "--config",
+        "configs/default.yaml",
+        "--run-dir",
+        "/ckpt/run1",
+        "--metrics-out",
+        "/ckpt/run1/m.json",
+        "--no-progress",
+        "train.steps=20",
+        "model.num_sets=2",
+    ]
+    assert app.name == "train"
+
+
+def test_train_progress_flag_and_quoting() -> None:
+    # a value with a space must survive bash -c as one argument
+    cmd = _torchrun_cmd(_role(components.train("train.set_dims=[8, 16]", progress=True)))
+    assert "--no-progress" not in cmd
+    assert cmd[-1] == "train.set_dims=[8, 16]"
+
+
+def test_train_env_resources_retries_rdzv() -> None:
+    role = _role(
+        components.train(
+            j="2x4",
+            env={"OMP_NUM_THREADS": "1", "FOO": "bar"},
+            cpu=8,
+            gpu=4,
+            memMB=32768,
+            max_retries=3,
+            rdzv_port=29999,
+            image="registry.example/torchrec-me:cuda",
+        )
+    )
+    assert role.env["OMP_NUM_THREADS"] == "1"
+    assert role.env["FOO"] == "bar"
+    assert role.env["PYTHONUNBUFFERED"] == "1"
+    assert role.resource.cpu == 8
+    assert role.resource.gpu == 4
+    assert role.resource.memMB == 32768
+    assert role.max_retries == 3
+    assert role.image == "registry.example/torchrec-me:cuda"
+    assert role.port_map == {"c10d": 29999}
+    assert _flag(_torchrun_cmd(role), "--rdzv_endpoint").endswith(":29999")
+
+
+def test_train_named_resource_wins() -> None:
+    role = _role(components.train(h="aws_m5.2xlarge", cpu=1, memMB=10))
+    assert role.resource == specs.named_resources["aws_m5.2xlarge"]
+
+
+def test_train_static_rendezvous_passes_node_rank() -> None:
+    role = _role(components.train(j="2x1", rdzv_backend="static"))
+    for node in (0, 1):
+        cmd = _torchrun_cmd(role, replica_id=node)
+        assert _flag(cmd, "--rdzv_backend") == "static"
+        assert _flag(cmd, "--node_rank") == str(node)
+
+
+def test_train_defaults() -> None:
+    role = _role(components.train())
+    assert role.image == components.DEFAULT_IMAGE == "torchrec-me:cpu"
+    assert role.max_retries == 0
+    assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (2, 0, 8192)
+
+
+def test_benchmark_runs_script_with_args() -> None:
+    app = components.benchmark("--steps", "50", j="2x2", env={"A": "1"})
+    role = _role(app)
+    assert role.num_replicas == 2
+    cmd = _torchrun_cmd(role)
+    assert _flag(cmd, "--nproc_per_node") == "2"
+    assert "-m" not in cmd
+    i = cmd.index("benchmarks/throughput.py")
+    assert cmd[i + 1 :] == ["--steps", "50"]
+    assert role.env["A"] == "1"
+    assert role.name == "throughput"
+
+
+def test_cli_parsing_passes_everything_after_double_dash() -> None:
+    """What ``torchx run ... launch/components.py:train -j 2x1 -- a=1 --run-dir d`` builds."""
+    app = materialize_appdef(
+        components.train,
+        ["-j", "2x1", "--env", "A=1,B=2", "--", "train.steps=20", "--run-dir", "d"],
+    )
+    role = _role(app)
+    assert role.num_replicas == 2
+    assert role.env["A"] == "1" and role.env["B"] == "2"
+    cmd = _torchrun_cmd(role)
+    assert cmd[cmd.index("torchrec_me.train") + 1 :] == ["--no-progress", "train.steps=20", "--run-dir", "d"]
+
+
+# --------------------------------------------------------------------------- a real run
+
+# Small enough for ~30 s on two cores. eval_batch_size keeps both ranks' share of the
+# 4096 validation samples non-empty.
+RUN_OVERRIDES = [
+    "train.steps=5",
+    "train.batch_size=256",
+    "train.eval_batch_size=1024",
+    "data.val_samples=4096",
+    "model.hidden_dim=32",
+    "model.num_sets=2",
+]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_cwd_run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    torchx = shutil.which("torchx", path=str(VENV_BIN)) or shutil.which("torchx")
+    if torchx is None:
+        pytest.fail("the torchx CLI is not installed (requirements/cpu.txt pins torchx)")
+    tmp = tmp_path_factory.mktemp("torchx_local_cwd")
+    run_dir, metrics = tmp / "run", tmp / "metrics.json"
+    env = dict(os.environ)
+    # local_cwd starts `torchrun` from PATH: the venv's.
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    env.pop("TORCHX_CONFIG", None)
+    # A free rendezvous port (the default 29500 may be taken by another job on the host).
+    cmd = [torchx, "run", "-s", "local_cwd", "launch/components.py:train", "-j", "2x1",
+           "--rdzv_port", str(_free_port()), "--env", "LOGLEVEL=INFO",
+           "--", *RUN_OVERRIDES, "--run-dir", str(run_dir), "--metrics-out", str(metrics)]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=300)  # fmt: skip
+    return {
+        "cmd": cmd,
+        "rc": proc.returncode,
+        "log": proc.stdout,
+        "seconds": time.perf_counter() - start,
+        "run_dir": run_dir,
+        "metrics": metrics,
+    }
+
+
+def _tail(run: Dict[str, Any]) -> str:
+    return "\n".join(run["log"].splitlines()[-60:])
+
+
+def test_local_cwd_run_succeeds(local_cwd_run: Dict[str, Any]) -> None:
+    assert local_cwd_run["rc"] == 0, _tail(local_cwd_run)
+    assert "Job finished: SUCCEEDED" in local_cwd_run["log"], _tail(local_cwd_run)
+
+
+def test_local_cwd_run_wrote_metrics_with_world_size_two(local_cwd_run: Dict[str, Any]) -> None:
+    assert local_cwd_run["metrics"].is_file(), _tail(local_cwd_run)
+    m = json.loads(local_cwd_run["metrics"].read_text())
+    assert m["world_size"] == 2
+    assert m["steps"] == 5
+    assert m["num_sets"] == 2
+    assert m["val_samples"] == 4096
+    assert 0.0 <= m["val_auc"] <= 1.0
+    # --run-dir went through too
+    run_dir = local_cwd_run["run_dir"]
+    assert json.loads((run_dir / "metrics.json").read_text())["world_size"] == 2
+    assert "hidden_dim: 32" in (run_dir / "config.yaml").read_text()
+
+
+def test_local_cwd_run_both_nodes_took_part(local_cwd_run: Dict[str, Any]) -> None:
+    log = local_cwd_run["log"]
+    # TorchX prefixes every line with {role}/{replica}; each replica is one torchrun
+    # agent (a simulated node), and each logged its place in the rendezvous.
+    for node in (0, 1):
+        lines = [ln for ln in log.splitlines() if ln.startswith(f"train/{node} ")]
+        assert lines, f"no output from replica train/{node}\n{_tail(local_cwd_run)}"
+        text = "\n".join(lines)
+        assert re.search(r"group_world_size=2\b", text), text[-3000:]
+        ranks = set(re.findall(r"\bgroup_rank=(\d)\b", text))
+        assert len(ranks) == 1, text[-3000:]
+    all_ranks = set(re.findall(r"\bgroup_rank=(\d)\b", log))
+    assert all_ranks == {"0", "1"}
+    assert "sharding plan (world size 2, cpu)" in log
+    assert re.search(r"validation: auc \d\.\d+", log)
+
+
+def test_local_cwd_run_is_reasonably_fast(local_cwd_run: Dict[str, Any]) -> None:
+    # ~30 s on two cores; a run near the fixture's 300 s timeout means something hangs
+    # (e.g. a rendezvous waiting for a node that never came).
+    assert local_cwd_run["seconds"] < 240, local_cwd_run["seconds"]

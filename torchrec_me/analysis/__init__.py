@@ -1,0 +1,38 @@
+"""Embedding-collapse analysis (arXiv 2310.04400): spectra and information abundance.
+
+``spectrum`` turns a D x D Gram matrix into singular values and IA; ``sharded`` builds
+those Grams for plain or DMP-sharded tables without gathering them and assembles
+:func:`collapse_report`; ``plots`` (needs matplotlib, imported on demand) draws reports.
+"""
+
+from torchrec_me.analysis.sharded import (
+    VARIANTS,
+    EmbeddingTable,
+    IdFrequencyTracker,
+    collapse_report,
+    find_embedding_tables,
+    gram_matrices,
+    ia_log_record,
+    parse_table_name,
+)
+from torchrec_me.analysis.spectrum import (
+    information_abundance,
+    normalized_spectrum,
+    singular_values,
+    singular_values_from_gram,
+)
+
+__all__ = [
+    "VARIANTS",
+    "EmbeddingTable",
+    "IdFrequencyTracker",
+    "collapse_report",
+    "find_embedding_tables",
+    "gram_matrices",
+    "ia_log_record",
+    "information_abundance",
+    "normalized_spectrum",
+    "parse_table_name",
+    "singular_values",
+    "singular_values_from_gram",
+]

@@ -1,0 +1,753 @@
+"""Embedding-collapse statistics of (possibly sharded) embedding tables, never gathered.
+
+Why: the paper's collapse diagnostics (singular spectra, information abundance) need
+only the D x D Gram matrix ``G = E^T E`` of each table E (N x D), and ``G`` is a sum over
+rows. Under ``DistributedModelParallel`` a table is split into shards (a grid of row
+and column ranges, each on one rank), so ``G`` is assembled block by block:
+
+* ``G[C_a, C_b]`` for two shards ``a``, ``b`` with column ranges ``C_a``, ``C_b`` is the sum
+  over their common rows of ``E[r, C_a]^T E[r, C_b]``. Table-wise shards hold whole
+  tables, so only the local diagonal block exists; column-wise and
+  table-column-wise shards need cross blocks between ranks.
+* A cross block is computed by the owner of ``b``: the owner of ``a`` broadcasts its rows
+  in chunks of at most ``chunk_rows`` rows and the receiver multiplies each chunk with
+  its own rows of ``b``. Memory per step is ``O(chunk_rows * shard_cols)``, independent
+  of N; no rank ever holds another rank's full shard.
+* Every block is computed on exactly one rank, so one all-reduce (sum) of all Grams
+  gives every rank the same result.
+
+The same machinery gives Grams of several tables concatenated along D (a field's K
+set tables, ``[E_0 | E_1 | ... ]``): their cross blocks ``E_i^T E_j`` are just more
+shard pairs. Row weights turn ``E^T E`` into ``E^T diag(w) E``: a 0/1 mask of the rows
+training touched, or their frequencies (:class:`IdFrequencyTracker`).
+
+Plain (unsharded) tables are treated as held by every rank, so a plain module needs no
+process group at all; with sharded tables every rank must call collectively, in the
+same order.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_me.analysis.spectrum import (
+    information_abundance,
+    normalized_spectrum,
+    singular_values_from_gram,
+)
+
+__all__ = [
+    "EmbeddingTable",
+    "IdFrequencyTracker",
+    "VARIANTS",
+    "collapse_report",
+    "find_embedding_tables",
+    "gram_matrices",
+    "ia_log_record",
+    "parse_table_name",
+]
+
+# ``...embedding_bags.{table}.weight`` in the state dict of an (un)sharded EBC.
+_TABLE_KEY = re.compile(r"(?:^|\.)embedding_bags\.([^.]+)\.weight$")
+# ``set{k}__{feature}``: see ``torchrec_me.modules.multi_embedding.set_table_name``.
+_SET_TABLE = re.compile(r"^set(\d+)__(.+)$")
+
+VARIANTS: Dict[str, str] = {
+    "all_rows": "every row of the table: singular values of E (N x D), from E^T E",
+    "trained_rows": (
+        "only rows whose id occurred at least once in the tracked training batches "
+        "(frequency > 0): untouched rows keep their random init and would hide collapse"
+    ),
+    "freq_weighted": (
+        "E^T diag(f) E with f the id's occurrence count: each row weighted by how often "
+        "training read it, i.e. the spectrum the model sees on average"
+    ),
+    "concat": (
+        "a field's K set tables concatenated along the embedding dim, [E_0 | ... | E_{K-1}] "
+        "(N x sum_k D_k): whether the sets span different directions"
+    ),
+}
+
+TableWeight = Union[Tensor, ShardedTensor]
+
+
+def parse_table_name(table: str) -> Tuple[int, str]:
+    """``(set index, feature)`` of a table named ``set{k}__{feature}``.
+
+    Tables not following the convention are read as set 0 of a feature named after
+    the table, so single-embedding models built from plain EBCs still work.
+    """
+    m = _SET_TABLE.match(table)
+    if m is None:
+        return 0, table
+    return int(m.group(1)), m.group(2)
+
+
+@dataclass(frozen=True)
+class EmbeddingTable:
+    """One embedding table found in a model's state dict.
+
+    Attributes:
+        name (str): table name, e.g. ``set1__C3``.
+        key (str): its state-dict key.
+        set_index (int): k of ``set{k}__...``.
+        feature (str): the feature it embeds.
+        num_rows (int): N, rows of the full table.
+        dim (int): D, its embedding dim.
+        weight (Tensor | ShardedTensor): the (N, D) plain tensor or the sharded one
+            whose local shards this rank holds.
+    """
+
+    name: str
+    key: str
+    set_index: int
+    feature: str
+    num_rows: int
+    dim: int
+    weight: TableWeight
+
+
+def find_embedding_tables(model: Union[nn.Module, Mapping[str, Any]]) -> Dict[str, EmbeddingTable]:
+    """Every ``embedding_bags.{table}.weight`` of a module, DMP model or state dict, by name.
+
+    Why the state dict: it names tables identically for a plain module and for DMP
+    (where they are ``ShardedTensor``s), and a saved checkpoint can be passed as-is.
+    """
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tables: Dict[str, EmbeddingTable] = {}
+    for key, value in state.items():
+        m = _TABLE_KEY.search(key)
+        if m is None:
+            continue
+        if not isinstance(value, (Tensor, ShardedTensor)):
+            raise TypeError(f"{key}: unsupported table type {type(value).__name__}")
+        name = m.group(1)
+        if name in tables:
+            raise ValueError(f"table name {name!r} appears twice ({tables[name].key}, {key})")
+        rows, dim = (int(s) for s in value.size())
+        set_index, feature = parse_table_name(name)
+        tables[name] = EmbeddingTable(name, key, set_index, feature, rows, dim, value)
+    return tables
+
+
+# --------------------------------------------------------------------------------------
+# Gram matrices
+
+
+@dataclass
+class _Piece:
+    """A rectangle of a (concatenated) table: rows [row0, row0+rows), cols [col0, col0+cols).
+
+    ``owner`` is the rank holding it, None for a plain tensor every rank holds;
+    ``local`` is its (rows, cols) data when this rank holds it.
+    """
+
+    row0: int
+    rows: int
+    col0: int
+    cols: int
+    owner: Optional[int]
+    dtype: torch.dtype
+    local: Optional[Tensor]
+
+    def overlaps(self, other: "_Piece") -> bool:
+        return max(self.row0, other.row0) < min(self.row0 + self.rows, other.row0 + other.rows)
+
+
+def _pieces(weight: TableWeight, col_shift: int) -> List[_Piece]:
+    """The shards of one table as pieces, columns shifted by ``col_shift``, global order."""
+    if isinstance(weight, ShardedTensor):
+        local = {
+            tuple(int(o) for o in s.metadata.shard_offsets): s.tensor.detach() for s in weight.local_shards()
+        }
+        out = []
+        for sm in weight.metadata().shards_metadata:
+            (r0, c0), (nr, nc) = sm.shard_offsets, sm.shard_sizes
+            if nr == 0 or nc == 0:
+                continue
+            rank = sm.placement.rank() if sm.placement is not None else None
+            if rank is None:
+                raise ValueError("a ShardedTensor shard has no placement rank")
+            out.append(_Piece(r0, nr, c0 + col_shift, nc, rank, weight.dtype, local.get((r0, c0))))
+        return out
+    w = weight.detach()
+    return [_Piece(0, w.shape[0], col_shift, w.shape[1], None, w.dtype, w)]
+
+
+def _compute_rank(a: _Piece, b: _Piece) -> int:
+    """The one rank that computes block (a, b): it holds b (and a, or receives it)."""
+    if b.owner is not None:
+        return b.owner
+    if a.owner is not None:
+        return a.owner
+    return 0
+
+
+def _rows(t: Tensor, row0: int, r0: int, r1: int, idx: Optional[Tensor]) -> Tensor:
+    """Rows [r0, r1) (global ids; or the global ids ``idx``) of a piece starting at row0."""
+    if idx is None:
+        return t[r0 - row0 : r1 - row0]
+    return t.index_select(0, idx - row0)
+
+
+def _needed_rows(weights: Sequence[Optional[Tensor]], r0: int, r1: int) -> Optional[Tensor]:
+    """Global ids of rows in [r0, r1) with a non-zero weight in some variant; None = all."""
+    if any(w is None for w in weights):
+        return None
+    nz = torch.zeros(r1 - r0, dtype=torch.bool, device=weights[0].device)  # type: ignore[union-attr]
+    for w in weights:
+        nz |= w[r0:r1] != 0  # type: ignore[index]
+    idx = nz.nonzero().squeeze(1)
+    if idx.numel() == r1 - r0:
+        return None
+    return idx + r0
+
+
+def _group_grams(
+    pieces: List[_Piece],
+    dim: int,
+    weights: Sequence[Optional[Tensor]],
+    chunk_rows: int,
+    me: int,
+    collective: bool,
+    device: torch.device,
+) -> List[Tensor]:
+    """(dim, dim) float64 Grams ``E^T diag(w) E``, one per weight, of this rank's blocks.
+
+    Every rank walks the same pieces and chunks in the same order, so the broadcasts
+    match; a block is accumulated only on ``_compute_rank``. Summing the result over
+    ranks gives the full Grams.
+    """
+    grams = [torch.zeros(dim, dim, dtype=torch.float64, device=device) for _ in weights]
+    for ia, a in enumerate(pieces):
+        partners = [b for b in pieces[ia:] if a.overlaps(b)]
+        mine = [b for b in partners if (_compute_rank(a, b) if collective else me) == me]
+        needs_comm = collective and a.owner is not None and any(
+            b.owner is not None and b.owner != a.owner for b in partners
+        )
+        if not needs_comm and not mine:
+            continue
+        for r0 in range(a.row0, a.row0 + a.rows, chunk_rows):
+            r1 = min(r0 + chunk_rows, a.row0 + a.rows)
+            idx = _needed_rows(weights, r0, r1)
+            n = r1 - r0 if idx is None else idx.numel()
+            if n == 0:
+                continue
+            if needs_comm:
+                if me == a.owner:
+                    if a.local is None:
+                        raise RuntimeError(f"rank {me} owns a shard it does not hold locally")
+                    buf = _rows(a.local, a.row0, r0, r1, idx).contiguous()
+                else:
+                    buf = torch.empty(n, a.cols, dtype=a.dtype, device=device)
+                dist.broadcast(buf, src=a.owner)
+                if not mine:
+                    continue
+            else:
+                if a.local is None:
+                    raise RuntimeError(f"rank {me} must compute a block of a shard it does not hold")
+                buf = _rows(a.local, a.row0, r0, r1, idx)
+            rows_a = buf.to(device=device, dtype=torch.float64)
+            for b in mine:
+                if b.local is None:
+                    raise RuntimeError(f"rank {me} must compute a block of a shard it does not hold")
+                b0, b1 = b.row0, b.row0 + b.rows
+                if idx is None:
+                    s0, s1 = max(r0, b0), min(r1, b1)
+                    if s0 >= s1:
+                        continue
+                    sub_a = rows_a[s0 - r0 : s1 - r0]
+                    sub_b = b.local[s0 - b0 : s1 - b0] if b is not a else sub_a
+                    rows_w: Union[slice, Tensor] = slice(s0, s1)
+                else:
+                    pos = ((idx >= b0) & (idx < b1)).nonzero().squeeze(1)
+                    if pos.numel() == 0:
+                        continue
+                    rows_w = idx[pos]
+                    sub_a = rows_a.index_select(0, pos)
+                    sub_b = b.local.index_select(0, rows_w - b0) if b is not a else sub_a
+                sub_b = sub_b.to(device=device, dtype=torch.float64)
+                ca = slice(a.col0, a.col0 + a.cols)
+                cb = slice(b.col0, b.col0 + b.cols)
+                for g, w in zip(grams, weights):
+                    left = sub_a if w is None else sub_a * w[rows_w].unsqueeze(1)
+                    block = left.T @ sub_b
+                    g[ca, cb] += block
+                    if b is not a:
+                        g[cb, ca] += block.T
+    return grams
+
+
+def _is_collective(tables: Sequence[EmbeddingTable]) -> bool:
+    """Whether the computation needs the process group: some table is sharded over >1 rank."""
+    return (
+        dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+        and any(isinstance(t.weight, ShardedTensor) for t in tables)
+    )
+
+
+def _work_device(tables: Sequence[EmbeddingTable], collective: bool) -> torch.device:
+    """Where chunks and Grams live: the collective backend's device, else the tables'."""
+    if collective and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    for t in tables:
+        if isinstance(t.weight, ShardedTensor):
+            shards = t.weight.local_shards()
+            if shards:
+                return shards[0].tensor.device
+        else:
+            return t.weight.device
+    return torch.device("cpu")
+
+
+def _check_same_weights(flat_weights: List[Tensor], device: torch.device) -> None:
+    """Fail on every rank (rather than hang) if the row weights differ between ranks.
+
+    Chunk sizes follow the weights' non-zero pattern, so different weights would make
+    the ranks' broadcasts mismatch.
+    """
+    if not flat_weights:
+        return
+    prints = []
+    for w in flat_weights:
+        pos = torch.arange(1, w.numel() + 1, dtype=torch.float64, device=w.device)
+        prints.append(torch.stack([w.sum(), (w * (pos % 9973.0 + 1.0)).sum(), (w != 0).sum().double()]))
+    fp = torch.stack(prints).to(device)
+    both = torch.cat([fp, -fp])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    high, low = both[: len(fp)], -both[len(fp) :]
+    if not torch.allclose(high, low, rtol=1e-12, atol=0.0):
+        raise ValueError("row weights differ between ranks; pass the same (e.g. synced) weights on every rank")
+
+
+def _gram_matrices(
+    tables: Mapping[str, EmbeddingTable],
+    groups: Mapping[str, Sequence[str]],
+    row_weights: Sequence[Optional[Mapping[str, Tensor]]],
+    chunk_rows: int,
+) -> Dict[str, List[Tensor]]:
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if not row_weights:
+        raise ValueError("row_weights needs at least one variant (None = all rows)")
+    used = [tables[n] for names in groups.values() for n in names]
+    collective = _is_collective(used)
+    me = dist.get_rank() if collective else 0
+    device = _work_device(used, collective)
+
+    plan: List[Tuple[str, List[_Piece], int, List[Optional[Tensor]]]] = []
+    flat_weights: List[Tensor] = []
+    for gname, names in groups.items():
+        if not names:
+            raise ValueError(f"group {gname!r} has no tables")
+        members = [tables[n] for n in names]
+        rows = {t.num_rows for t in members}
+        if len(rows) != 1:
+            raise ValueError(f"group {gname!r}: tables have different row counts {sorted(rows)}")
+        num_rows = rows.pop()
+        pieces: List[_Piece] = []
+        shift = 0
+        for t in members:
+            pieces.extend(_pieces(t.weight, shift))
+            shift += t.dim
+        weights: List[Optional[Tensor]] = []
+        for variant in row_weights:
+            if variant is None:
+                weights.append(None)
+                continue
+            w = variant[gname]
+            if w.dim() != 1 or w.numel() != num_rows:
+                raise ValueError(f"group {gname!r}: row weights of shape {tuple(w.shape)}, need ({num_rows},)")
+            w = w.detach().to(device=device, dtype=torch.float64)
+            weights.append(w)
+            flat_weights.append(w)
+        plan.append((gname, pieces, shift, weights))
+
+    if collective:
+        _check_same_weights(flat_weights, device)
+    out: Dict[str, List[Tensor]] = {}
+    for gname, pieces, dim, weights in plan:
+        out[gname] = _group_grams(pieces, dim, weights, chunk_rows, me, collective, device)
+    if collective and out:
+        flat = torch.cat([g.flatten() for gs in out.values() for g in gs])
+        dist.all_reduce(flat)
+        offset = 0
+        for gs in out.values():
+            for i, g in enumerate(gs):
+                gs[i] = flat[offset : offset + g.numel()].view_as(g)
+                offset += g.numel()
+    return {k: [g.cpu() for g in gs] for k, gs in out.items()}
+
+
+def gram_matrices(
+    model: Union[nn.Module, Mapping[str, Any]],
+    groups: Optional[Mapping[str, Sequence[str]]] = None,
+    row_weights: Sequence[Optional[Mapping[str, Tensor]]] = (None,),
+    chunk_rows: int = 65536,
+) -> Dict[str, List[Tensor]]:
+    """Float64 Gram matrices ``E^T diag(w) E`` of (groups of) tables, computed in place.
+
+    Collective when any table is sharded over more than one rank: then every rank must
+    call it with the same arguments, and every rank gets the same result. A plain module
+    needs no process group.
+
+    Args:
+        model: a module, a DMP model or a state dict holding ``embedding_bags`` tables.
+        groups: group name -> table names concatenated along D in that order (all with
+            the same number of rows N); the group's Gram is (sum D, sum D) and its
+            diagonal blocks are the tables' own Grams. Default: each table alone,
+            under its own name.
+        row_weights: one entry per variant: None (every row weight 1) or a mapping from
+            group name to an (N,) weight tensor (bool mask or float frequencies), which
+            must be identical on every rank. Rows whose weight is 0 in every variant are
+            neither sent nor multiplied.
+        chunk_rows: at most this many rows are sent or multiplied per step, bounding the
+            extra memory to ``O(chunk_rows * shard_cols)``.
+
+    Returns:
+        Dict[str, List[Tensor]]: per group, one (sum D, sum D) float64 CPU tensor per
+        variant of ``row_weights``.
+    """
+    tables = find_embedding_tables(model)
+    if groups is None:
+        groups = {name: [name] for name in sorted(tables)}
+    missing = sorted({n for names in groups.values() for n in names} - set(tables))
+    if missing:
+        raise KeyError(f"no embedding tables named {missing}")
+    return _gram_matrices(tables, groups, row_weights, chunk_rows)
+
+
+# --------------------------------------------------------------------------------------
+# Id frequencies
+
+
+class IdFrequencyTracker:
+    """Counts how often each id of each feature was looked up in training batches.
+
+    Why: a table's rows that training never touched keep their random initialisation
+    and inflate its information abundance; the counts give the mask of trained rows and
+    the weights of the frequency-weighted Gram. All K sets read the same KJT, so table
+    ``set{k}__{feature}`` of every k uses the feature's counts.
+
+    Counts live in one flat int64 buffer (sum of vocabularies); ``update`` adds a batch
+    with one ``index_add_`` over the batch's ids, i.e. O(ids in the batch), not
+    O(vocabulary) as a per-feature ``bincount(minlength=N)`` would be.
+
+    Args:
+        num_embeddings (Mapping[str, int]): vocabulary size of each tracked feature.
+        device (Optional[torch.device]): where counts live (the KJTs' device).
+        validate (bool): check every id is in ``[0, N)`` (one host sync per update).
+
+    Example::
+
+        tracker = IdFrequencyTracker.for_model(model)
+        for batch in batches:
+            tracker.update(batch.sparse_features)
+        report = collapse_report(model, tracker.synced())
+    """
+
+    def __init__(
+        self,
+        num_embeddings: Mapping[str, int],
+        device: Optional[torch.device] = None,
+        validate: bool = True,
+    ) -> None:
+        self._features: List[str] = list(num_embeddings)
+        self._sizes: Dict[str, int] = {f: int(n) for f, n in num_embeddings.items()}
+        self._offsets: Dict[str, int] = {}
+        total = 0
+        for f in self._features:
+            self._offsets[f] = total
+            total += self._sizes[f]
+        self._device = device if device is not None else torch.device("cpu")
+        self._flat = torch.zeros(total, dtype=torch.int64, device=self._device)
+        self._validate = validate
+        self._is_synced = False
+        self._key_cache: Dict[Tuple[str, ...], Tuple[Tensor, Tensor]] = {}
+
+    @classmethod
+    def for_model(
+        cls, model: Union[nn.Module, Mapping[str, Any]], device: Optional[torch.device] = None
+    ) -> "IdFrequencyTracker":
+        """A tracker for every feature of the model's tables (vocabulary = table rows)."""
+        sizes: Dict[str, int] = {}
+        for t in sorted(find_embedding_tables(model).values(), key=lambda t: (t.set_index, t.name)):
+            if sizes.setdefault(t.feature, t.num_rows) != t.num_rows:
+                raise ValueError(f"feature {t.feature!r}: tables of different sizes")
+        return cls(sizes, device=device)
+
+    @property
+    def feature_names(self) -> List[str]:
+        return list(self._features)
+
+    @property
+    def num_embeddings(self) -> Dict[str, int]:
+        return dict(self._sizes)
+
+    @property
+    def is_synced(self) -> bool:
+        """True for the result of :meth:`synced` (global counts; no further updates)."""
+        return self._is_synced
+
+    @property
+    def total_ids(self) -> int:
+        return int(self._flat.sum())
+
+    def _per_key(self, keys: Tuple[str, ...]) -> Tuple[Tensor, Tensor]:
+        """(offset, vocabulary) per KJT key; offset -1 for keys not tracked."""
+        cached = self._key_cache.get(keys)
+        if cached is None:
+            off = torch.tensor([self._offsets.get(k, -1) for k in keys], dtype=torch.int64, device=self._device)
+            lim = torch.tensor([self._sizes.get(k, 0) for k in keys], dtype=torch.int64, device=self._device)
+            cached = self._key_cache[keys] = (off, lim)
+        return cached
+
+    def update(self, kjt: KeyedJaggedTensor) -> None:
+        """Add every id of every tracked feature in ``kjt`` (weights are ignored)."""
+        if self._is_synced:
+            raise RuntimeError("a synced tracker is a snapshot; update the local tracker and sync again")
+        keys = tuple(kjt.keys())
+        if not keys:
+            return
+        off, lim = self._per_key(keys)
+        lengths = kjt.length_per_key()
+        n = int(sum(lengths))
+        if n == 0:
+            return
+        lens = torch.tensor(lengths, dtype=torch.int64, device=self._device)
+        values = kjt.values()[:n].to(device=self._device, dtype=torch.int64)
+        per_off = torch.repeat_interleave(off, lens, output_size=n)
+        tracked = per_off >= 0
+        if self._validate:
+            per_lim = torch.repeat_interleave(lim, lens, output_size=n)
+            bad = tracked & ((values < 0) | (values >= per_lim))
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0, 0])
+                key = keys[int((torch.tensor(lengths).cumsum(0) <= first).sum())]
+                raise ValueError(f"feature {key!r}: id {int(values[first])} outside [0, {self._sizes[key]})")
+        flat = (values + per_off)[tracked]
+        self._flat.index_add_(0, flat, torch.ones_like(flat))
+
+    def synced(self, group: Optional[dist.ProcessGroup] = None) -> "IdFrequencyTracker":
+        """A copy holding the counts summed over all ranks (collective when distributed).
+
+        Each rank's tracker saw only its own batches; the trained-row mask must be the
+        global one, and identical on every rank for the sharded Gram computation.
+        """
+        if self._is_synced:
+            raise RuntimeError("tracker is already synced")
+        out = IdFrequencyTracker(self._sizes, device=self._device, validate=self._validate)
+        out._flat = self._flat.clone()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(out._flat, group=group)
+        out._is_synced = True
+        return out
+
+    def counts(self, feature: str) -> Tensor:
+        """(N,) int64 occurrence count of every id of ``feature``."""
+        if feature not in self._offsets:
+            raise KeyError(f"feature {feature!r} is not tracked")
+        o = self._offsets[feature]
+        return self._flat[o : o + self._sizes[feature]].clone()
+
+    def row_frequency(self, table: str) -> Tensor:
+        """(N,) float64 counts of the feature of table ``set{k}__{feature}``."""
+        return self.counts(parse_table_name(table)[1]).double()
+
+    def row_mask(self, table: str) -> Tensor:
+        """(N,) bool: rows of table ``set{k}__{feature}`` looked up at least once."""
+        return self.counts(parse_table_name(table)[1]) > 0
+
+    def reset(self) -> None:
+        if self._is_synced:
+            raise RuntimeError("a synced tracker is a snapshot")
+        self._flat.zero_()
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def _finite(x: float) -> Optional[float]:
+    return None if math.isnan(x) or math.isinf(x) else float(x)
+
+
+def _spectrum_list(sv: Tensor) -> Optional[List[float]]:
+    s = normalized_spectrum(sv)
+    if s.numel() == 0 or bool(torch.isnan(s).any()):
+        return None
+    return [float(v) for v in s]
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _stats(gram: Tensor) -> Tuple[Optional[float], Optional[List[float]]]:
+    sv = singular_values_from_gram(gram)
+    return _finite(information_abundance(sv)), _spectrum_list(sv)
+
+
+def collapse_report(
+    model: Union[nn.Module, Mapping[str, Any]],
+    frequencies: Optional[IdFrequencyTracker] = None,
+    chunk_rows: int = 65536,
+    concat_fields: bool = True,
+) -> Dict[str, Any]:
+    """Information abundance and normalised spectra of every table, set and field.
+
+    Collective when tables are sharded (all ranks call it; all get the same report).
+    An unsynced ``frequencies`` tracker is synced first in that case.
+
+    Args:
+        model: a module, DMP model or state dict with ``set{k}__{feature}`` tables.
+        frequencies: id counts from training; adds the ``trained_rows`` and
+            ``freq_weighted`` variants (None in the report without it).
+        chunk_rows: rows per step of the Gram computation (memory bound).
+        concat_fields: also compute each field's K tables concatenated along D
+            (needs the cross-set blocks, i.e. every table crosses the network once).
+
+    Returns:
+        dict, JSON-serialisable; undefined numbers (e.g. no trained rows) are None::
+
+            {"num_sets": K,
+             "sets": [{"set": k, "dim": D_k (None if dims differ),
+                       "tables": {name: {"feature", "dim", "num_rows", "trained_rows",
+                                         "ia_all_rows", "ia_trained_rows", "ia_freq_weighted",
+                                         "spectrum_all_rows", "spectrum_trained_rows",
+                                         "spectrum_freq_weighted"}},
+                       "mean_ia_all_rows", "mean_ia_trained_rows", "mean_ia_freq_weighted"}],
+             "fields": {feature: {"num_rows", "trained_rows", "sets": [k...], "dims": [D_k...],
+                                  "ia_per_set_all_rows": [...], "ia_per_set_trained_rows": [...],
+                                  "ia_concat_all_rows", "ia_concat_trained_rows",
+                                  "ia_concat_freq_weighted", "spectrum_concat_all_rows",
+                                  "spectrum_concat_trained_rows"}},
+             "variants": {variant: what it means}}
+    """
+    tables = find_embedding_tables(model)
+    if not tables:
+        raise ValueError("model has no embedding_bags tables")
+    if frequencies is not None and not frequencies.is_synced and _is_collective(list(tables.values())):
+        frequencies = frequencies.synced()
+
+    by_feature: Dict[str, List[EmbeddingTable]] = {}
+    for t in sorted(tables.values(), key=lambda t: (t.set_index, t.name)):
+        by_feature.setdefault(t.feature, []).append(t)
+
+    # Group names: "field:{feature}" (its tables concatenated) or "table:{name}".
+    groups: Dict[str, List[str]] = {}
+    concat: Dict[str, bool] = {}
+    for feature, ts in by_feature.items():
+        concat[feature] = concat_fields and len({t.num_rows for t in ts}) == 1
+        if concat[feature]:
+            groups[f"field:{feature}"] = [t.name for t in ts]
+        else:
+            groups.update({f"table:{t.name}": [t.name] for t in ts})
+
+    variants: List[Optional[Mapping[str, Tensor]]] = [None]
+    if frequencies is not None:
+        masks: Dict[str, Tensor] = {}
+        freqs: Dict[str, Tensor] = {}
+        for gname, names in groups.items():
+            freq = frequencies.row_frequency(names[0])
+            masks[gname] = (freq > 0).double()
+            freqs[gname] = freq
+        variants += [masks, freqs]
+    grams = _gram_matrices(tables, groups, variants, chunk_rows)
+
+    # The tables' Grams are the diagonal blocks of their group's Gram.
+    table_grams: Dict[str, List[Tensor]] = {}
+    for gname, names in groups.items():
+        shift = 0
+        for n in names:
+            d = tables[n].dim
+            table_grams[n] = [g[shift : shift + d, shift : shift + d] for g in grams[gname]]
+            shift += d
+
+    def trained_count(feature: str) -> Optional[int]:
+        return None if frequencies is None else int((frequencies.counts(feature) > 0).sum())
+
+    set_ids = sorted({t.set_index for t in tables.values()})
+    sets_out: List[Dict[str, Any]] = []
+    for k in set_ids:
+        entries: Dict[str, Dict[str, Any]] = {}
+        for t in sorted((t for t in tables.values() if t.set_index == k), key=lambda t: t.name):
+            gs = table_grams[t.name]
+            ia_all, sp_all = _stats(gs[0])
+            ia_tr, sp_tr = _stats(gs[1]) if frequencies is not None else (None, None)
+            ia_fw, sp_fw = _stats(gs[2]) if frequencies is not None else (None, None)
+            entries[t.name] = {
+                "feature": t.feature,
+                "dim": t.dim,
+                "num_rows": t.num_rows,
+                "trained_rows": trained_count(t.feature),
+                "ia_all_rows": ia_all,
+                "ia_trained_rows": ia_tr,
+                "ia_freq_weighted": ia_fw,
+                "spectrum_all_rows": sp_all,
+                "spectrum_trained_rows": sp_tr,
+                "spectrum_freq_weighted": sp_fw,
+            }
+        dims = {e["dim"] for e in entries.values()}
+        sets_out.append(
+            {
+                "set": k,
+                "dim": dims.pop() if len(dims) == 1 else None,
+                "tables": entries,
+                "mean_ia_all_rows": _mean([e["ia_all_rows"] for e in entries.values()]),
+                "mean_ia_trained_rows": _mean([e["ia_trained_rows"] for e in entries.values()]),
+                "mean_ia_freq_weighted": _mean([e["ia_freq_weighted"] for e in entries.values()]),
+            }
+        )
+
+    entry_of = {name: e for s in sets_out for name, e in s["tables"].items()}
+    fields_out: Dict[str, Dict[str, Any]] = {}
+    for feature, ts in by_feature.items():
+        per_set = [entry_of[t.name] for t in ts]
+        field: Dict[str, Any] = {
+            "num_rows": ts[0].num_rows if concat[feature] else None,
+            "trained_rows": trained_count(feature),
+            "sets": [t.set_index for t in ts],
+            "dims": [t.dim for t in ts],
+            "ia_per_set_all_rows": [e["ia_all_rows"] for e in per_set],
+            "ia_per_set_trained_rows": [e["ia_trained_rows"] for e in per_set],
+            "ia_concat_all_rows": None,
+            "ia_concat_trained_rows": None,
+            "ia_concat_freq_weighted": None,
+            "spectrum_concat_all_rows": None,
+            "spectrum_concat_trained_rows": None,
+        }
+        if concat[feature]:
+            gs = grams[f"field:{feature}"]
+            field["ia_concat_all_rows"], field["spectrum_concat_all_rows"] = _stats(gs[0])
+            if frequencies is not None:
+                field["ia_concat_trained_rows"], field["spectrum_concat_trained_rows"] = _stats(gs[1])
+                field["ia_concat_freq_weighted"] = _stats(gs[2])[0]
+        fields_out[feature] = field
+
+    return {
+        "num_sets": len(set_ids),
+        "sets": sets_out,
+        "fields": fields_out,
+        "variants": dict(VARIANTS),
+    }
+
+
+def ia_log_record(step: int, report: Mapping[str, Any], variant: str = "all_rows") -> Dict[str, Any]:
+    """One JSON-lines row ``{"step": step, "ia": {"set0": mean IA, ...}}`` of a report.
+
+    Why: :func:`torchrec_me.analysis.plots.plot_ia_over_steps` reads these rows to draw
+    IA over training; ``variant`` is ``all_rows``, ``trained_rows`` or ``freq_weighted``.
+    """
+    key = f"mean_ia_{variant}"
+    return {"step": int(step), "ia": {f"set{s['set']}": s[key] for s in report["sets"]}}
