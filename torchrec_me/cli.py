@@ -4,6 +4,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from torchrec_me import analyze
 from torchrec_me.train import add_train_arguments, run_from_args
 
 
@@ -13,6 +14,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train_p = sub.add_parser("train", help="train a model (same as python -m torchrec_me.train)")
     add_train_arguments(train_p)
     train_p.set_defaults(func=run_from_args)
+    analyze_p = sub.add_parser("analyze", help="embedding-collapse analysis of a checkpoint or run")
+    analyze.add_analyze_arguments(analyze_p)
+    analyze_p.set_defaults(func=analyze.run_from_args)
     args = parser.parse_args(argv)
     return args.func(args)
 

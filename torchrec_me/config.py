@@ -67,6 +67,8 @@ class ModelConfig:
         regularizer (str): ``none``, ``singular_value`` (the paper's SE baseline) or
             ``space_similarity`` (between ME sets).
         reg_weight (float): weight of the regulariser in the loss.
+        dense_hidden_dims (List[int]): hidden layers of each set's dense arch, used
+            when the data has dense features (DLRM convention).
     """
 
     backbone: str = "dcnv2"
@@ -82,6 +84,7 @@ class ModelConfig:
     shared_interaction: bool = False
     regularizer: str = "none"
     reg_weight: float = 1e-4
+    dense_hidden_dims: List[int] = field(default_factory=lambda: [64])
 
     def dims(self) -> List[int]:
         """The embedding dim of each of the K sets."""
@@ -103,6 +106,8 @@ class TrainConfig:
         sparse_optimizer (str): fused optimizer of the embedding tables.
         sparse_lr (float): learning rate of the fused optimizer.
         log_every (int): steps between progress-bar and log updates.
+        ia_every (int): steps between live information-abundance reports (0: off),
+            appended to ``ia_log.jsonl`` in the run dir and shown in the progress bar.
         eval_every (int): steps between validations (0: only at the end); each one
             can become the best checkpoint and counts towards early stopping.
         early_stop_patience (int): stop after this many validations without a better AUC.
@@ -121,6 +126,7 @@ class TrainConfig:
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.1
     log_every: int = 20
+    ia_every: int = 0
     eval_every: int = 0
     early_stop_patience: int = 3
     checkpoint_every: int = 0
@@ -193,7 +199,11 @@ def validate(cfg: Config) -> None:
         )
     if m.regularizer == "space_similarity" and m.num_sets < 2:
         _fail("model.regularizer", "space_similarity compares embedding sets and needs model.num_sets >= 2")
-    for key, value in (("train.eval_every", t.eval_every), ("train.checkpoint_every", t.checkpoint_every)):
+    for key, value in (
+        ("train.eval_every", t.eval_every),
+        ("train.checkpoint_every", t.checkpoint_every),
+        ("train.ia_every", t.ia_every),
+    ):
         if value < 0:
             _fail(key, f"must be >= 0 (0 means only at the end), got {value}")
     if m.num_cross_layers < 0:
@@ -339,6 +349,14 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     for text in overrides:
         key, value = parse_override(text)
         _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(mapping: Mapping[str, Any], origin: str = "saved config") -> Config:
+    """A validated Config from ``Config.to_dict()`` output (e.g. a checkpoint's meta)."""
+    cfg = Config()
+    _apply_mapping(cfg, mapping, origin)
     validate(cfg)
     return cfg
 

@@ -10,15 +10,19 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torchmetrics.functional.classification import binary_auroc
+from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
+from torchrec_me.analysis.frequency import IdFrequencyTracker
+from torchrec_me.analysis.report import collapse_report, ia_log_record
 from torchrec_me.config import Config, ConfigError, dump_config, load_config
 from torchrec_me.data import build_dataset
 from torchrec_me.distributed import checkpoint as ckpt
@@ -83,6 +87,12 @@ def evaluate(model: torch.nn.Module, dataset: Any, ctx: DistContext, batch_size:
     return out
 
 
+def _tracked(batches: Iterator[Batch], tracker: IdFrequencyTracker) -> Iterator[Batch]:
+    for batch in batches:
+        tracker.update(batch.sparse_features)
+        yield batch
+
+
 class _Loop:
     """Mutable state of one training job: what a checkpoint must carry besides tensors."""
 
@@ -106,9 +116,9 @@ class _Loop:
 
 
 def _boundaries(cfg: Config, start: int) -> List[int]:
-    """Steps after ``start`` where training pauses to validate or checkpoint, and the end."""
+    """Steps after ``start`` where training pauses (validate, checkpoint, IA), and the end."""
     stops = {cfg.train.steps}
-    for every in (cfg.train.eval_every, cfg.train.checkpoint_every):
+    for every in (cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.ia_every):
         if every:
             stops.update(range(every, cfg.train.steps, every))
     return sorted(s for s in stops if s > start)
@@ -135,13 +145,18 @@ def train(
         raise ConfigError("--resume and train.checkpoint_every need --run-dir")
     torch.manual_seed(cfg.train.seed)
     dataset = build_dataset(cfg.data)
-    model = build_model(cfg.model, dataset.feature_names, dataset.num_embeddings, device=torch.device("meta"))
+    model = build_model(
+        cfg.model, dataset.feature_names, dataset.num_embeddings, device=torch.device("meta"), num_dense=dataset.num_dense
+    )
     train_module = MultiEmbeddingTrain(model)
     apply_sparse_optimizer(train_module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
     dmp, plan = plan_and_shard(train_module, ctx, cfg.train.batch_size)
     if is_rank0:
         print(f"sharding plan (world size {ctx.world_size}, {ctx.device.type}):\n{plan}", flush=True)
     optimizer = build_optimizer(dmp, cfg.train)
+    # Counts every id read (the trained-rows mask of the collapse analysis) and refuses
+    # ids outside a table before they reach FBGEMM.
+    tracker = IdFrequencyTracker(dict(zip(dataset.feature_names, dataset.num_embeddings)), device=ctx.device)
 
     loop = _Loop()
     resumed_from = None
@@ -152,6 +167,9 @@ def train(
                 print(f"--resume: no complete checkpoint in {rd}, starting from step 0", flush=True)
         else:
             loop.restore(ckpt.load_checkpoint(latest, dmp, optimizer))
+            counts = ckpt.read_extra(latest).get("id_counts")
+            if counts is not None and is_rank0:  # global counts live on rank 0 only
+                tracker.add_counts(counts)
             resumed_from = str(latest)
             if is_rank0:
                 print(f"resumed from {latest} at step {loop.step}", flush=True)
@@ -169,7 +187,8 @@ def train(
         if rd is None:
             return
         meta = {**loop.meta(), "config": cfg.to_dict()}
-        ckpt.save_checkpoint(ckpt.step_path(rd, loop.step, best=best), dmp, optimizer, meta)
+        extra = {"id_counts": tracker.synced().flat_counts().cpu()}
+        ckpt.save_checkpoint(ckpt.step_path(rd, loop.step, best=best), dmp, optimizer, meta, extra)
         ckpt.prune_checkpoints(rd, cfg.train.keep_checkpoints)
 
     global_batch = cfg.train.batch_size * ctx.world_size
@@ -178,12 +197,17 @@ def train(
         desc="train", unit="step", file=sys.stderr,
     )  # fmt: skip
     loss_ema = math.nan
+    ia_postfix: Dict[str, str] = {}
+    ia_seconds = 0.0
+    ia_log = open(rd / "ia_log.jsonl", "a") if rd is not None and is_rank0 and cfg.train.ia_every else None
     try:
         for stop in _boundaries(cfg, loop.step):
             if loop.stopped_early:
                 break
             pipeline = TrainPipelineSparseDist(dmp, optimizer, ctx.device)
-            batches = iter(dataset.train_batches(ctx.rank, ctx.world_size, cfg.train.batch_size, loop.step, stop))
+            batches = _tracked(
+                dataset.train_batches(ctx.rank, ctx.world_size, cfg.train.batch_size, loop.step, stop), tracker
+            )
             seg_start, seg_step = time.perf_counter(), loop.step
             while True:
                 try:
@@ -196,7 +220,7 @@ def train(
                     loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
                     elapsed = loop.train_seconds + time.perf_counter() - seg_start
                     rate = (loop.step - seg_step) * global_batch / max(time.perf_counter() - seg_start, 1e-9)
-                    bar.set_postfix(loss=f"{loss_ema:.4f}", samples_per_s=f"{rate:,.0f}")
+                    bar.set_postfix(loss=f"{loss_ema:.4f}", samples_per_s=f"{rate:,.0f}", **ia_postfix)
                     bar.update(loop.step - bar.n)
                     write_log({"step": loop.step, "loss": value, "samples_per_s": rate, "train_seconds": elapsed})
             loop.train_seconds += time.perf_counter() - seg_start
@@ -215,10 +239,22 @@ def train(
                     bar.write(f"step {loop.step}: val auc {loop.last_val['auc']:.4f} (best {loop.best_auc:.4f} at {loop.best_step})")
             if cfg.train.checkpoint_every and loop.step % cfg.train.checkpoint_every == 0 and loop.step < cfg.train.steps:
                 save()
+            if cfg.train.ia_every and (loop.step % cfg.train.ia_every == 0 or loop.step == cfg.train.steps):
+                t0 = time.perf_counter()
+                report = collapse_report(dmp, tracker, concat_fields=False)
+                row = ia_log_record(loop.step, report, "trained_rows")
+                row["ia_all_rows"] = ia_log_record(loop.step, report, "all_rows")["ia"]
+                row["seconds"] = time.perf_counter() - t0
+                ia_seconds += row["seconds"]
+                if ia_log is not None:
+                    ia_log.write(json.dumps(row) + "\n")
+                    ia_log.flush()
+                ia_postfix = {"ia": "/".join(f"{v:.1f}" for v in row["ia"].values() if v is not None)}
     finally:
         bar.close()
-        if log is not None:
-            log.close()
+        for f in (log, ia_log):
+            if f is not None:
+                f.close()
 
     if loop.last_val_step != loop.step:
         loop.last_val = evaluate(dmp, dataset, ctx, cfg.train.eval_batch_size)
@@ -242,6 +278,7 @@ def train(
         "dataset": cfg.data.name,
         "device": ctx.device.type,
         "resumed_from": resumed_from,
+        "ia_seconds": ia_seconds,
     }
     if metrics["oracle_auc"] is not None:
         metrics["oracle_lift_fraction"] = (val["auc"] - 0.5) / (val["oracle_auc"] - 0.5)
@@ -281,6 +318,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    warnings.filterwarnings("ignore", message=".*DTensor instead.*")  # torchrec's ShardedTensor
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

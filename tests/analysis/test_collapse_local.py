@@ -57,7 +57,8 @@ def test_tracker_counts_ids_per_feature() -> None:
         torch.testing.assert_close(tracker.counts(f), want)
     assert tracker.total_ids == 11
     torch.testing.assert_close(tracker.row_mask("set3__b"), torch.tensor([True, True, True, True]))
-    torch.testing.assert_close(tracker.row_frequency("set0__a")[[1, 3, 9, 0]], torch.tensor([3.0, 1, 1, 0]).double())
+    freq = tracker.row_frequency("set0__a")
+    torch.testing.assert_close(freq[[1, 3, 9, 0]], torch.tensor([3.0, 1, 1, 0], dtype=torch.float64))
     synced = tracker.synced()  # no process group: a snapshot with the same counts
     assert synced.is_synced and not tracker.is_synced
     torch.testing.assert_close(synced.counts("a"), tracker.counts("a"))
@@ -84,7 +85,8 @@ def test_gram_matrices_match_dense_and_ignore_chunking() -> None:
     groups = {"field_a": ["set0__a", "set1__a", "set2__a"], "b1": ["set1__b"]}
     wb = torch.ones(20, dtype=torch.float64)
     results = [
-        gram_matrices(m, groups, [None, {"field_a": w, "b1": wb}], chunk_rows=c) for c in (1, 7, 1 << 20)
+        gram_matrices(m, groups, [None, {"field_a": w, "b1": wb}], chunk_rows=c)
+        for c in (1, 7, 1 << 20)
     ]
     want_a = ea.T @ ea
     want_aw = ea.T @ (w[:, None] * ea)
@@ -145,7 +147,8 @@ def test_freq_weighted_ia_weights_rows_by_count() -> None:
     assert entry["ia_trained_rows"] == pytest.approx(_ia(_svd(trained)), rel=1e-6)
     assert entry["ia_freq_weighted"] == pytest.approx(_ia(_svd(weighted)), rel=1e-6)
     assert abs(entry["ia_freq_weighted"] - entry["ia_trained_rows"]) > 1e-3
-    np.testing.assert_allclose(entry["spectrum_freq_weighted"], _svd(weighted) / _svd(weighted)[0], rtol=1e-6, atol=1e-9)
+    sv = _svd(weighted)
+    np.testing.assert_allclose(entry["spectrum_freq_weighted"], sv / sv[0], rtol=1e-6, atol=1e-9)
 
 
 def test_collapse_report_layout_and_concat_ia() -> None:
@@ -176,11 +179,11 @@ def test_collapse_report_layout_and_concat_ia() -> None:
         assert field["ia_concat_all_rows"] == pytest.approx(_ia(_svd(e)), rel=1e-6)
         assert field["dims"] == [8, 8] and field["sets"] == [0, 1]
         assert field["ia_concat_trained_rows"] is None
-    assert report["fields"]["b"]["ia_concat_all_rows"] == pytest.approx(report["fields"]["b"]["ia_per_set_all_rows"][0], rel=1e-6)
-    assert report["fields"]["a"]["ia_concat_all_rows"] > max(report["fields"]["a"]["ia_per_set_all_rows"]) + 1
-    assert ia_log_record(5, report) == {
-        "step": 5, "ia": {"set0": report["sets"][0]["mean_ia_all_rows"], "set1": report["sets"][1]["mean_ia_all_rows"]}
-    }
+    fa, fb = report["fields"]["a"], report["fields"]["b"]
+    assert fb["ia_concat_all_rows"] == pytest.approx(fb["ia_per_set_all_rows"][0], rel=1e-6)
+    assert fa["ia_concat_all_rows"] > max(fa["ia_per_set_all_rows"]) + 1
+    means = {f"set{s['set']}": s["mean_ia_all_rows"] for s in report["sets"]}
+    assert ia_log_record(5, report) == {"step": 5, "ia": means}
 
 
 def test_state_dict_input_with_unequal_rows_skips_concat() -> None:

@@ -79,12 +79,17 @@ def test_ia_per_field_bar_heights(reports: Dict[str, Any], tmp_path: Path) -> No
     assert max(se) <= 2 + 1e-6 < min(me)
     fig = plot_ia_per_field(reports, tmp_path / "ia_concat.png", aggregate="concat", normalize_by_dim=True)
     heights = [p.get_height() for p in fig.get_axes()[0].patches]
-    np.testing.assert_allclose(heights[3:], [reports["ME"]["fields"][f]["ia_concat_all_rows"] / 32 for f in FIELDS])
+    concat = [reports["ME"]["fields"][f]["ia_concat_all_rows"] / 32 for f in FIELDS]
+    np.testing.assert_allclose(heights[3:], concat)
 
 
 def test_ia_over_steps_reads_json_lines(tmp_path: Path) -> None:
     log = tmp_path / "ia.jsonl"
-    rows = [{"step": 20, "ia": {"set0": 3.0, "set1": 5.0}}, {"loss": 0.3}, {"step": 10, "ia": {"set0": 4.0, "set1": 6.0}}]
+    rows = [
+        {"step": 20, "ia": {"set0": 3.0, "set1": 5.0}},
+        {"loss": 0.3},
+        {"step": 10, "ia": {"set0": 4.0, "set1": 6.0}},
+    ]
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert [r["step"] for r in read_ia_log(log)] == [10, 20]
     out = tmp_path / "steps.png"

@@ -81,6 +81,8 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
         [None, {f: synced.row_mask(f) for f in FIELDS}, {f: synced.row_frequency(f) for f in FIELDS}],
         chunk_rows=CHUNK_ROWS,
     )
+    # Without an all-rows variant, only rows with a count are sent and multiplied.
+    freq_only = gram_matrices(dmp, groups, [{f: synced.row_frequency(f) for f in FIELDS}], chunk_rows=CHUNK_ROWS)
     try:  # different weights per rank must fail on every rank, not hang
         gram_matrices(dmp, {"x": ["set1__a"]}, [{"x": torch.full((ROWS[0],), float(rank))}])
         mismatch = ""
@@ -100,6 +102,7 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     return {
         "report": report,
         "grams": grams,
+        "freq_only": freq_only,
         "local_counts": {f: tracker.counts(f) for f in FIELDS},
         "synced_counts": {f: synced.counts(f) for f in FIELDS},
         "shards": shards,
@@ -208,6 +211,12 @@ def test_concatenated_field_ia_matches_numpy(ranks: List[Dict[str, Any]], gather
             _close_sv(singular_values_from_gram(ranks[0]["grams"][f][v]).numpy(), want)
             assert report["fields"][f][f"ia_concat_{variant}"] == pytest.approx(_ia(want), rel=1e-6), (f, variant)
         assert report["fields"][f]["trained_rows"] == int((_counts(ranks, f) > 0).sum())
+
+
+def test_skipping_untrained_rows_gives_the_same_gram(ranks: List[Dict[str, Any]]) -> None:
+    for r in ranks:
+        for f in FIELDS:
+            torch.testing.assert_close(r["freq_only"][f][0], r["grams"][f][2], rtol=1e-12, atol=1e-12)
 
 
 def test_rank_dependent_weights_fail_everywhere(ranks: List[Dict[str, Any]]) -> None:

@@ -109,7 +109,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
 
 def test_killed_run_resumes_to_the_uninterrupted_result(runs: Dict[str, Any]) -> None:
     assert 0 < runs["killed_at"] < STEPS
-    assert f"resumed from" in runs["resume_log"] and f"at step {runs['killed_at']}" in runs["resume_log"]
+    assert "resumed from" in runs["resume_log"] and f"at step {runs['killed_at']}" in runs["resume_log"]
     full = json.loads((runs["full"] / "metrics.json").read_text())
     resumed = json.loads((runs["crashed"] / "metrics.json").read_text())
     assert resumed["resumed_from"] and resumed["steps"] == full["steps"] == STEPS

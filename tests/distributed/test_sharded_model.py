@@ -5,7 +5,6 @@ same weights, the three sets forced to table-wise, column-wise and table-column-
 then returns what the tests below compare.
 """
 
-import copy
 from typing import Any, Dict, List
 
 import pytest

@@ -8,6 +8,7 @@
   the tests below through a module-scoped fixture.
 """
 
+import configparser
 import importlib.util
 import inspect
 import json
@@ -15,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +29,8 @@ import docstring_parser
 import pytest
 import torchx.specs as specs
 from torchx.components.component_test_base import ComponentTestCase
+from torchx.runner.config import get_config
+from torchx.schedulers import get_scheduler_factories
 from torchx.specs.builders import materialize_appdef
 from torchx.specs.file_linter import validate as lint_component
 
@@ -74,6 +78,22 @@ def test_every_argument_is_documented(fn: str) -> None:
     documented = {p.arg_name for p in doc.params if p.description}
     assert set(inspect.signature(func).parameters) - documented == set()
     assert doc.short_description
+
+
+def test_torchxconfig_sections_and_default_component() -> None:
+    cp = configparser.ConfigParser()
+    assert cp.read(REPO / ".torchxconfig")
+    assert {"local_cwd", "slurm", "kubernetes", "cli:run"} <= set(cp.sections())
+    # every key is a real run option of its scheduler (TorchX skips unknown ones silently)
+    factories = get_scheduler_factories()
+    for scheduler in ("local_cwd", "slurm", "kubernetes"):
+        opts = factories[scheduler](session_name="test").run_opts()
+        for key in cp[scheduler]:
+            assert opts.get(key) is not None, f"[{scheduler}] {key} is not a {scheduler} run option"
+    # what `torchx run` with no component name resolves to
+    assert get_config(prefix="cli", name="run", key="component", dirs=[str(REPO)]) == "launch/components.py:train"
+    path, _, fn = cp["cli:run"]["component"].partition(":")
+    assert (REPO / path).resolve() == COMPONENTS and callable(getattr(components, fn))
 
 
 # --------------------------------------------------------------------------- AppDefs
@@ -262,12 +282,24 @@ def local_cwd_run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
            "--rdzv_port", str(_free_port()), "--env", "LOGLEVEL=INFO",
            "--", *RUN_OVERRIDES, "--run-dir", str(run_dir), "--metrics-out", str(metrics)]  # fmt: skip
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        log, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        # On SIGTERM torchx's local scheduler stops the replicas it started (each runs in
+        # a session of its own); only then is torchx itself killed.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            log, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            log, _ = proc.communicate()
+        pytest.fail(f"torchx run did not finish in 300 s:\n{log[-5000:]}")
     return {
         "cmd": cmd,
         "rc": proc.returncode,
-        "log": proc.stdout,
+        "log": log,
         "seconds": time.perf_counter() - start,
         "run_dir": run_dir,
         "metrics": metrics,

@@ -132,9 +132,11 @@ def test_regularizers_match_numpy() -> None:
 @pytest.mark.parametrize("regularizer, preset", [("singular_value", "dcnv2-se-2x"), ("space_similarity", "dcnv2-me-2x")])
 def test_regularizer_enters_the_loss_and_lowers_its_term(regularizer: str, preset: str) -> None:
     torch.manual_seed(0)
-    plain = build_model(_cfg(preset), DS.feature_names, DS.num_embeddings)
+    plain = build_model(_cfg(preset, dropout=0.0), DS.feature_names, DS.num_embeddings)
     torch.manual_seed(0)
-    reg_model = build_model(_cfg(preset, regularizer=regularizer, reg_weight=0.5), DS.feature_names, DS.num_embeddings)
+    reg_model = build_model(
+        _cfg(preset, dropout=0.0, regularizer=regularizer, reg_weight=0.5), DS.feature_names, DS.num_embeddings
+    )
     batch = DS.batch("train", 0, 64)[0]
     loss_plain = MultiEmbeddingTrain(plain)(batch)[0]
     loss_reg = MultiEmbeddingTrain(reg_model)(batch)[0]
@@ -142,7 +144,7 @@ def test_regularizer_enters_the_loss_and_lowers_its_term(regularizer: str, prese
     torch.testing.assert_close(loss_reg - loss_plain, term, rtol=1e-4, atol=1e-6)
     # Descending on the regulariser alone moves the embeddings to shrink it.
     opt = torch.optim.SGD(reg_model.sparse_arch.parameters(), lr=0.5)
-    before = float(term)
+    before = float(term.detach())
     for _ in range(10):
         opt.zero_grad()
         value = reg_model.regularizer(reg_model.sparse_arch(batch.sparse_features))
@@ -155,3 +157,20 @@ def test_regularizer_enters_the_loss_and_lowers_its_term(regularizer: str, prese
 def test_space_similarity_needs_two_sets() -> None:
     with pytest.raises(ConfigError, match="model.regularizer.*num_sets >= 2"):
         load_config(None, ["model.num_sets=1", "model.regularizer=space_similarity"])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_dense_features_enter_as_one_more_field(backbone: str) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, num_sets=2, set_dims=[8, 16], dense_hidden_dims=[8], **SMALL)
+    model = build_model(cfg, DS.feature_names, DS.num_embeddings, num_dense=5)
+    batch = DS.batch("train", 0, 16)[0]
+    dense = torch.randn(16, 5)
+    logits = model(dense, batch.sparse_features)
+    assert logits.shape == (16,)
+    logits.sum().backward()
+    for arch, dim in zip(model.dense_archs, [8, 16]):
+        assert arch(dense).shape == (16, dim)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in arch.parameters())
+    model.eval()
+    assert not torch.allclose(model(dense, batch.sparse_features), model(dense + 1, batch.sparse_features))

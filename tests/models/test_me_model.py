@@ -1,5 +1,3 @@
-import copy
-
 import torch
 
 from torchrec_me.config import DataConfig, ModelConfig

@@ -1,18 +1,18 @@
 """Embedding-collapse analysis (arXiv 2310.04400): spectra and information abundance.
 
 ``spectrum`` turns a D x D Gram matrix into singular values and IA; ``sharded`` builds
-those Grams for plain or DMP-sharded tables without gathering them and assembles
-:func:`collapse_report`; ``plots`` (needs matplotlib, imported on demand) draws reports.
+those Grams for plain or DMP-sharded tables without gathering them; ``frequency``
+tracks which rows training touched; ``report`` assembles :func:`collapse_report`;
+``plots`` (matplotlib, imported on demand) draws reports.
 """
 
+from torchrec_me.analysis.frequency import IdFrequencyTracker
+from torchrec_me.analysis.report import collapse_report, ia_log_record
 from torchrec_me.analysis.sharded import (
     VARIANTS,
     EmbeddingTable,
-    IdFrequencyTracker,
-    collapse_report,
     find_embedding_tables,
     gram_matrices,
-    ia_log_record,
     parse_table_name,
 )
 from torchrec_me.analysis.spectrum import (

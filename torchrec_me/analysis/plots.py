@@ -32,6 +32,7 @@ _MAX_LEGEND = 14
 
 
 def _save(fig: Figure, path: PathLike) -> Figure:
+    """Write ``fig`` as a PNG (creating parent folders) and return it."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -39,6 +40,7 @@ def _save(fig: Figure, path: PathLike) -> Figure:
 
 
 def _fields(report: Report, fields: Optional[Sequence[str]]) -> List[str]:
+    """The requested fields (default: all of the report's), checked to exist."""
     names = list(report["fields"])
     if fields is None:
         return names
@@ -49,6 +51,7 @@ def _fields(report: Report, fields: Optional[Sequence[str]]) -> List[str]:
 
 
 def _table(report: Report, set_index: int, feature: str) -> Optional[Mapping[str, Any]]:
+    """The report entry of ``feature``'s table in set ``set_index``, if any."""
     for s in report["sets"]:
         if s["set"] == set_index:
             for entry in s["tables"].values():
@@ -58,10 +61,14 @@ def _table(report: Report, set_index: int, feature: str) -> Optional[Mapping[str
 
 
 def _clip(values: Sequence[float]) -> List[float]:
+    """Values raised to ``SPECTRUM_FLOOR`` so a log axis can draw them."""
     return [max(float(v), SPECTRUM_FLOOR) for v in values]
 
 
-def _field_spectrum(report: Report, feature: str, variant: str, set_index: Optional[int]) -> Optional[List[float]]:
+def _field_spectrum(
+    report: Report, feature: str, variant: str, set_index: Optional[int]
+) -> Optional[List[float]]:
+    """Normalised spectrum of a field: one set's table, or the concatenation if set_index is None."""
     if set_index is None:
         return report["fields"][feature].get(f"spectrum_concat_{variant}")
     entry = _table(report, set_index, feature)
@@ -145,7 +152,10 @@ def plot_spectra(
     return _save(fig, path)
 
 
-def _field_ia(report: Report, feature: str, variant: str, aggregate: Union[str, int], normalize_by_dim: bool) -> float:
+def _field_ia(
+    report: Report, feature: str, variant: str, aggregate: Union[str, int], normalize_by_dim: bool
+) -> float:
+    """IA of one field per ``aggregate`` (see :func:`plot_ia_per_field`); NaN if undefined."""
     field = report["fields"][feature]
     if aggregate == "concat":
         value = field.get(f"ia_concat_{variant}")
@@ -193,6 +203,8 @@ def plot_ia_per_field(
     """
     if not reports:
         raise ValueError("no reports to plot")
+    if not (aggregate in ("mean", "concat") or isinstance(aggregate, int)):
+        raise ValueError(f"aggregate must be 'mean', 'concat' or a set index, got {aggregate!r}")
     first = next(iter(reports.values()))
     names = _fields(first, fields)
     width = 0.8 / len(reports)

@@ -5,6 +5,7 @@ Layout of a run directory::
     RUN/checkpoints/step_00000040/   DCP files of {"model", "optim"} (sharded tables, fused
                                      optimizer state, dense model, dense Adam state)
                                      rank{r}.pt   per-rank RNG states
+                                     extra.pt     global id counts (trained rows)
                                      meta.json    step, reader position, config, metrics
                                      .complete    written last, atomically (tmp + rename)
     RUN/checkpoints/best_step_00000020/  the best checkpoint by validation AUC, same layout
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 COMPLETE = ".complete"
 META = "meta.json"
+EXTRA = "extra.pt"
 STEP_PREFIX = "step_"
 BEST_PREFIX = "best_step_"
 
@@ -76,6 +78,11 @@ def read_meta(path: Path) -> Dict[str, Any]:
     return json.loads((Path(path) / META).read_text())
 
 
+def read_extra(path: Path) -> Dict[str, Any]:
+    f = Path(path) / EXTRA
+    return torch.load(f, weights_only=False) if f.is_file() else {}
+
+
 def _app_state(model: nn.Module, optimizer: CombinedOptimizer) -> Dict[str, Any]:
     return {"model": model.state_dict(), "optim": optimizer.state_dict()}
 
@@ -87,9 +94,17 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: CombinedOptimizer, meta: Dict[str, Any]
+    path: Path,
+    model: nn.Module,
+    optimizer: CombinedOptimizer,
+    meta: Dict[str, Any],
+    extra: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Collectively write one checkpoint to ``path``; mark it complete when all ranks are done."""
+    """Collectively write one checkpoint to ``path``; mark it complete when all ranks are done.
+
+    ``extra`` (rank 0's, e.g. global id counts) is saved with ``torch.save`` beside the
+    DCP files; :func:`read_extra` returns it.
+    """
     path = Path(path)
     rank = dist.get_rank()
     if rank == 0 and path.exists():
@@ -99,6 +114,8 @@ def save_checkpoint(
     torch.save({"torch": torch.get_rng_state()}, path / f"rank{rank}.pt")
     dist.barrier()
     if rank == 0:
+        if extra is not None:
+            torch.save(extra, path / EXTRA)
         _write_atomic(path / META, json.dumps({**meta, "world_size": dist.get_world_size()}, indent=2))
         _write_atomic(path / COMPLETE, "")
     dist.barrier()

@@ -8,6 +8,7 @@ DistributedModelParallel will allocate them).
 from typing import Optional, Sequence
 
 import torch
+from torchrec.models.dlrm import DenseArch
 
 from torchrec_me.config import ModelConfig
 from torchrec_me.models.backbones import BACKBONE_REGISTRY, PRESET_REGISTRY, Backbone
@@ -24,10 +25,16 @@ def build_model(
     feature_names: Sequence[str],
     num_embeddings: Sequence[int],
     device: Optional[torch.device] = None,
+    num_dense: int = 0,
 ) -> MultiEmbeddingModel:
+    """Assemble ``cfg.backbone``; with ``num_dense > 0`` each set gets a DLRM-style
+    dense arch (MLP ``num_dense -> dense_hidden_dims -> D_k``) as one more field."""
     backbone = BACKBONE_REGISTRY[cfg.backbone]
     dims = cfg.dims()
-    num_fields = len(feature_names)
+    num_fields = len(feature_names) + (1 if num_dense else 0)
+    dense_archs = (
+        [DenseArch(num_dense, [*cfg.dense_hidden_dims, d]) for d in dims] if num_dense else None
+    )
     if cfg.shared_interaction:
         interactions = [backbone.interaction(num_fields, dims[0], cfg)]
     else:
@@ -38,6 +45,7 @@ def build_model(
         backbone.head(cfg),
         regularizer=REGULARIZER_REGISTRY.get(cfg.regularizer),
         reg_weight=cfg.reg_weight,
+        dense_archs=dense_archs,
     )
 
 

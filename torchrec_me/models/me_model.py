@@ -19,6 +19,10 @@ class MultiEmbeddingModel(nn.Module):
     sample. With K = 1 this is the single-embedding (SE) model. Passing a single
     interaction module for K > 1 sets gives the paper's "shared interaction" ablation.
 
+    Dense features (the DLRM convention) enter through a per-set dense arch that
+    projects them to one more field of that set's dim, placed first: set k then
+    reads (B, 1 + F, D_k).
+
     Args:
         sparse_arch (MultiEmbeddingBagCollection): the K embedding sets.
         interactions (Sequence[nn.Module]): K modules (module k maps (B, F, D_k) ->
@@ -27,6 +31,9 @@ class MultiEmbeddingModel(nn.Module):
         regularizer (Optional[Regularizer]): maps the K per-set embeddings to a scalar
             added to the training loss by :class:`MultiEmbeddingTrain`.
         reg_weight (float): its weight.
+        dense_archs (Optional[Sequence[nn.Module]]): K modules mapping the (B, num_dense)
+            dense features to (B, D_k), e.g. TorchRec's ``DenseArch``; None without
+            dense features.
 
     Example::
 
@@ -43,6 +50,7 @@ class MultiEmbeddingModel(nn.Module):
         head: nn.Module,
         regularizer: Optional[Regularizer] = None,
         reg_weight: float = 0.0,
+        dense_archs: Optional[Sequence[nn.Module]] = None,
     ) -> None:
         super().__init__()
         k = sparse_arch.num_sets
@@ -57,14 +65,22 @@ class MultiEmbeddingModel(nn.Module):
         self.head = head
         self.regularizer = regularizer
         self.reg_weight = reg_weight
+        if dense_archs is not None and len(dense_archs) != k:
+            raise ValueError(f"{len(dense_archs)} dense archs for {k} embedding sets")
+        self.dense_archs = nn.ModuleList(dense_archs) if dense_archs is not None else None
 
-    def _logits(self, per_set: List[torch.Tensor]) -> torch.Tensor:
+    def _logits(self, dense_features: torch.Tensor, per_set: List[torch.Tensor]) -> torch.Tensor:
+        if self.dense_archs is not None:
+            per_set = [
+                torch.cat([arch(dense_features).unsqueeze(1), emb], dim=1)
+                for arch, emb in zip(self.dense_archs, per_set)
+            ]
         shared = len(self.interactions) == 1
         hidden = [self.interactions[0 if shared else k](emb) for k, emb in enumerate(per_set)]
         return self.head(torch.stack(hidden, dim=0).mean(0))
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
-        return self._logits(self.sparse_arch(sparse_features))
+        return self._logits(dense_features, self.sparse_arch(sparse_features))
 
     def forward_train(
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
@@ -72,7 +88,7 @@ class MultiEmbeddingModel(nn.Module):
         """Logits and the weighted regularisation term (None without a regulariser)."""
         per_set = self.sparse_arch(sparse_features)
         reg = self.reg_weight * self.regularizer(per_set) if self.regularizer is not None else None
-        return self._logits(per_set), reg
+        return self._logits(dense_features, per_set), reg
 
 
 class MultiEmbeddingTrain(nn.Module):
