@@ -26,7 +26,9 @@ class DataConfig:
     """Where batches come from.
 
     Args:
-        name (str): dataset; ``synthetic`` is the embedded Criteo-shaped default.
+        name (str): dataset; ``synthetic`` is the embedded Criteo-shaped default,
+            ``parquet`` a dataset written by ``torchrec-me prepare``.
+        path (Optional[str]): directory or URI of a prepared dataset.
         seed (int): seed of the dataset (teacher weights and sample streams).
         cardinality_scale (float): synthetic vocabularies are Criteo's (after min-count
             10) times this factor, clipped to ``[2, max_cardinality]``.
@@ -38,6 +40,7 @@ class DataConfig:
     """
 
     name: str = "synthetic"
+    path: Optional[str] = None
     seed: int = 0
     cardinality_scale: float = 0.005
     max_cardinality: int = 20000
@@ -69,6 +72,9 @@ class ModelConfig:
         reg_weight (float): weight of the regulariser in the loss.
         dense_hidden_dims (List[int]): hidden layers of each set's dense arch, used
             when the data has dense features (DLRM convention).
+        layout (str): how the K sets are laid out over TorchRec: ``separate`` (K EBCs),
+            ``grouped`` (one EBC with all K*F tables) or ``packed`` (one table per
+            feature of dim sum(D_k), column-sliced per set; element-wise optimizers only).
     """
 
     backbone: str = "dcnv2"
@@ -85,6 +91,7 @@ class ModelConfig:
     regularizer: str = "none"
     reg_weight: float = 1e-4
     dense_hidden_dims: List[int] = field(default_factory=lambda: [64])
+    layout: str = "separate"
 
     def dims(self) -> List[int]:
         """The embedding dim of each of the K sets."""
