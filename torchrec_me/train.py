@@ -43,7 +43,7 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _gather_cat(t: torch.Tensor) -> torch.Tensor:
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's 1-D tensor (of possibly different lengths) on all ranks."""
     sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([t.numel()], device=t.device))
@@ -71,8 +71,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, ctx: DistContext, batch_size:
             if teacher_prob is not None:
                 teacher.append(teacher_prob.to(ctx.device))
     empty = torch.zeros(0, device=ctx.device)
-    logits = _gather_cat(torch.cat(scores) if scores else empty)
-    target = _gather_cat(torch.cat(labels) if labels else empty)
+    logits = gather_cat(torch.cat(scores) if scores else empty)
+    target = gather_cat(torch.cat(labels) if labels else empty)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     out = {
         "auc": float(binary_auroc(torch.sigmoid(logits), target.long())),
@@ -80,7 +80,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, ctx: DistContext, batch_size:
         "samples": int(target.numel()),
     }
     if getattr(dataset, "has_teacher", False):
-        prob = _gather_cat(torch.cat(teacher) if teacher else empty).double()
+        prob = gather_cat(torch.cat(teacher) if teacher else empty).double()
         out["oracle_auc"] = float(binary_auroc(prob, target.long()))
         out["oracle_logloss"] = float(torch.nn.functional.binary_cross_entropy(prob, target.double()))
     model.train(was_training)

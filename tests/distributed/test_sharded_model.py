@@ -31,7 +31,7 @@ B = 32
 
 
 def _model_cfg() -> ModelConfig:
-    return ModelConfig(num_sets=3, set_dims=[8, 16, 16], hidden_dim=32, num_cross_layers=2)
+    return ModelConfig(num_sets=3, set_dims=[8, 16, 16], hidden_dim=32, num_cross_layers=2, dropout=0.0)
 
 
 def _constraints(ds: SyntheticCriteo) -> Dict[str, ParameterConstraints]:

@@ -113,6 +113,11 @@ def find_embedding_tables(model: Union[nn.Module, Mapping[str, Any]]) -> Dict[st
         if not isinstance(value, (Tensor, ShardedTensor)):
             raise TypeError(f"{key}: unsupported table type {type(value).__name__}")
         name = m.group(1)
+        if name.startswith("packed__"):  # torchrec_me.modules.layouts.PACKED_PREFIX
+            raise ValueError(
+                f"table {name!r} packs the K sets column-wise (model.layout=packed); the collapse "
+                "analysis needs per-set tables: train with model.layout=separate or grouped"
+            )
         if name in tables:
             raise ValueError(f"table name {name!r} appears twice ({tables[name].key}, {key})")
         rows, dim = (int(s) for s in value.size())

@@ -13,7 +13,7 @@ from torchrec.models.dlrm import DenseArch
 from torchrec_me.config import ModelConfig
 from torchrec_me.models.backbones import BACKBONE_REGISTRY, PRESET_REGISTRY, Backbone
 from torchrec_me.models.me_model import MultiEmbeddingModel, MultiEmbeddingTrain
-from torchrec_me.modules import MultiEmbeddingBagCollection
+from torchrec_me.modules.layouts import build_sets
 from torchrec_me.modules.regularizers import REGULARIZER_REGISTRY
 
 # Kept under this name for config validation.
@@ -27,8 +27,9 @@ def build_model(
     device: Optional[torch.device] = None,
     num_dense: int = 0,
 ) -> MultiEmbeddingModel:
-    """Assemble ``cfg.backbone``; with ``num_dense > 0`` each set gets a DLRM-style
-    dense arch (MLP ``num_dense -> dense_hidden_dims -> D_k``) as one more field."""
+    """Assemble ``cfg.backbone`` over the K sets in layout ``cfg.layout``; with
+    ``num_dense > 0`` each set gets a DLRM-style dense arch (MLP
+    ``num_dense -> dense_hidden_dims -> D_k``) as one more field."""
     backbone = BACKBONE_REGISTRY[cfg.backbone]
     dims = cfg.dims()
     num_fields = len(feature_names) + (1 if num_dense else 0)
@@ -40,7 +41,7 @@ def build_model(
     else:
         interactions = [backbone.interaction(num_fields, d, cfg) for d in dims]
     return MultiEmbeddingModel(
-        MultiEmbeddingBagCollection(feature_names, num_embeddings, dims, device=device),
+        build_sets(cfg.layout, feature_names, num_embeddings, dims, device=device),
         interactions,
         backbone.head(cfg),
         regularizer=REGULARIZER_REGISTRY.get(cfg.regularizer),

@@ -7,7 +7,7 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_me.modules.multi_embedding import MultiEmbeddingBagCollection
+from torchrec_me.modules.multi_embedding import MultiEmbeddingSets
 from torchrec_me.modules.regularizers import Regularizer
 
 
@@ -24,7 +24,8 @@ class MultiEmbeddingModel(nn.Module):
     reads (B, 1 + F, D_k).
 
     Args:
-        sparse_arch (MultiEmbeddingBagCollection): the K embedding sets.
+        sparse_arch (MultiEmbeddingSets): the K embedding sets, in any layout
+            (``torchrec_me.modules.layouts``).
         interactions (Sequence[nn.Module]): K modules (module k maps (B, F, D_k) ->
             (B, H)), or one module shared by all sets (equal dims required).
         head (nn.Module): maps (B, H) -> (B,) logits.
@@ -45,7 +46,7 @@ class MultiEmbeddingModel(nn.Module):
 
     def __init__(
         self,
-        sparse_arch: MultiEmbeddingBagCollection,
+        sparse_arch: MultiEmbeddingSets,
         interactions: Sequence[nn.Module],
         head: nn.Module,
         regularizer: Optional[Regularizer] = None,
@@ -77,7 +78,9 @@ class MultiEmbeddingModel(nn.Module):
             ]
         shared = len(self.interactions) == 1
         hidden = [self.interactions[0 if shared else k](emb) for k, emb in enumerate(per_set)]
-        return self.head(torch.stack(hidden, dim=0).mean(0))
+        # The mean over sets as sum / K: its backward is one (B, H) division, where
+        # mean's divides the expanded (K, B, H) gradient.
+        return self.head(hidden[0] if len(hidden) == 1 else torch.stack(hidden, dim=0).sum(0) / len(hidden))
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         return self._logits(dense_features, self.sparse_arch(sparse_features))

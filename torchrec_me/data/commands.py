@@ -1,0 +1,134 @@
+"""The ``torchrec-me prepare DATASET`` and ``torchrec-me fetch NAME`` subcommands.
+
+Each dataset module (:mod:`.criteo`, :mod:`.avazu`, :mod:`.movielens`) contributes
+``add_prepare_arguments(parser)`` and ``prepare_from_args(args, **common)``; they are
+listed in :data:`PREPARE_REGISTRY`, so a new format is one more entry.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Dict, Optional, Sequence
+
+from torchrec_me.data import avazu, criteo, movielens
+from torchrec_me.data.fetch import fetch_movielens_100k
+from torchrec_me.data.prepare import SPLIT_MODES, PrepareError
+
+
+@dataclass(frozen=True)
+class PrepareCommand:
+    """One ``prepare`` dataset: its help, input help, default min count and row-group size."""
+
+    module: ModuleType
+    help: str
+    input_help: str
+    min_count: int
+    row_group_size: int = 16384
+
+
+PREPARE_REGISTRY: Dict[str, PrepareCommand] = {
+    "criteo": PrepareCommand(
+        criteo, "Criteo Kaggle train.txt (label, I1-I13, C1-C26; tab-separated)",
+        "Criteo train.txt (path or URI; .gz/.bz2/.zst are decompressed on the fly)", criteo.DEFAULT_MIN_COUNT,
+    ),
+    "avazu": PrepareCommand(
+        avazu, "Avazu train.csv (id, click, hour, C1, ..., C21; with header)",
+        "Avazu train.csv (path or URI; may be compressed)", avazu.DEFAULT_MIN_COUNT,
+    ),
+    "movielens": PrepareCommand(
+        movielens, "MovieLens 100k/1M (GroupLens or RecBole atomic files); a rating >= 4 is a click",
+        "directory with u.data/u.user/u.item, ratings.dat/users.dat/movies.dat, or NAME.inter/.user/.item",
+        movielens.DEFAULT_MIN_COUNT, movielens.DEFAULT_ROW_GROUP_SIZE,
+    ),
+}  # fmt: skip
+
+
+def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``prepare {criteo,avazu,movielens}`` to argparse ``subparsers``; sets ``func``."""
+    p = subparsers.add_parser(
+        "prepare", help="convert raw Criteo / Avazu / MovieLens files into a Parquet dataset",
+        description="Convert a raw dataset into the Parquet layout that `torchrec-me train data.path=DIR` reads.",
+    )  # fmt: skip
+    datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name, cmd in PREPARE_REGISTRY.items():
+        d = datasets.add_parser(name, help=cmd.help, description=cmd.module.__doc__.split("\n\n")[0])
+        d.add_argument("--input", required=True, help=cmd.input_help)
+        d.add_argument("--output", required=True, help="dataset directory to create (written atomically)")
+        d.add_argument(
+            "--min-count", type=int, default=cmd.min_count,
+            help=f"tokens seen fewer times share one out-of-vocabulary id per field (default {cmd.min_count})",
+        )  # fmt: skip
+        d.add_argument(
+            "--split", choices=SPLIT_MODES, default="random",
+            help="random: seeded random 80/10/10 (the paper's protocol); time: the first 80%% of the rows "
+            "are train, the next 10%% validation, the last 10%% test",
+        )  # fmt: skip
+        d.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+        d.add_argument(
+            "--row-group-size", type=int, default=cmd.row_group_size,
+            help=f"rows per Parquet row group, the reader's unit of work (default {cmd.row_group_size})",
+        )  # fmt: skip
+        d.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is complete")
+        d.add_argument("--no-progress", action="store_true", help="disable the progress bars")
+        cmd.module.add_prepare_arguments(d)
+    p.set_defaults(func=run_prepare)
+    return p
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Run ``prepare``; on bad input print one error line and return 1."""
+    try:
+        if args.min_count < 1:
+            raise PrepareError(f"--min-count must be >= 1, got {args.min_count}")
+        PREPARE_REGISTRY[args.dataset].module.prepare_from_args(
+            args, min_count=args.min_count, split=args.split, seed=args.seed, row_group_size=args.row_group_size,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )  # fmt: skip
+    except PrepareError as e:
+        print(f"torchrec-me: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("torchrec-me: interrupted; no dataset was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+def add_fetch_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``fetch movielens-100k [--output DIR]``; sets ``func``."""
+    p = subparsers.add_parser(
+        "fetch", help="download MovieLens-100k (RecBole atomic files from the recbole==1.2.1 wheel)",
+        description="Runs `pip download --no-deps recbole==1.2.1` into a temporary directory and extracts "
+        "recbole/dataset_example/ml-100k/. Then: torchrec-me prepare movielens --input DIR --output OUT.",
+    )  # fmt: skip
+    p.add_argument("name", choices=("movielens-100k",), help="what to fetch")
+    p.add_argument("--output", default="ml-100k", help="directory to create (default ./ml-100k)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for pip download (default 300)")
+    p.set_defaults(func=run_fetch)
+    return p
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    try:
+        path = fetch_movielens_100k(args.output, overwrite=args.overwrite, timeout=args.timeout)
+    except PrepareError as e:
+        print(f"torchrec-me: error: {e}", file=sys.stderr)
+        return 1
+    print(f"fetched MovieLens-100k (RecBole atomic files) -> {path}")
+    print(f"next: torchrec-me prepare movielens --input {path} --output {path}-prepared")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m torchrec_me.data.commands {prepare,fetch} ...``, the same as ``torchrec-me``."""
+    parser = argparse.ArgumentParser(prog="python -m torchrec_me.data.commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_prepare_command(sub)
+    add_fetch_command(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

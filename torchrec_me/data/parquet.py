@@ -1,0 +1,274 @@
+"""Read a dataset written by ``torchrec-me prepare``: rank shares, exact resume, prefetch.
+
+``data.name=parquet data.path=DIR`` (a local path or any iopath URI) trains on it.
+Table sizes, dense features and bags come from ``metadata.json``.
+
+**Training stream.** Rank ``r`` of ``W`` reads, in epoch ``e``, the row groups
+``perm_e[r::W]`` of the train split, where ``perm_e`` is a permutation seeded by
+``(data.seed, e)``, the same on every rank, so within an epoch the ranks' shares are
+disjoint and together cover the split. The rank's groups are taken ``shuffle_window``
+at a time; the rows of each window are shuffled by a generator seeded by
+``(data.seed, e, r, W, window)``. The rank's stream is these shuffled windows, epoch
+after epoch, endlessly; training step ``s`` is rows ``s*B .. (s+1)*B - 1`` of it. Batch
+``s`` is therefore a function of ``(seed, W, r, B, s)`` alone, so
+``train_batches(start=s)`` resumes exactly (it skips whole epochs and windows by their
+row counts, from the Parquet footers, without reading them), and every rank has a
+batch for every step.
+
+**Evaluation.** The ``N`` rows of a split are dealt out so that every row is scored
+exactly once and every rank runs the same batches (sharded forwards are collective):
+rank ``r`` takes the contiguous rows ``[r*q, (r+1)*q)`` with ``q = N // W``, in batches
+of ``B`` and a last smaller one of ``q % B`` rows, the same sizes on every rank; then the
+``N - W*q < W`` rows left over form one batch of one row on each rank, ranks without
+such a row repeating row 0 with ``is_real=False``.
+
+**Prefetch.** Decoding (Parquet, shuffling, building the KJT) runs in a background
+thread ``prefetch`` batches ahead of the training loop; pyarrow and numpy release the
+GIL for the heavy parts.
+
+**Ids** are checked against the metadata's table sizes as each row group is decoded:
+an out-of-range id raises :class:`~torchrec_me.data.blocks.IdOutOfRangeError` naming the
+feature and row group, before any batch reaches FBGEMM.
+"""
+
+import bisect
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torchrec.datasets.utils import Batch
+
+from torchrec_me.config import DataConfig
+from torchrec_me.data.blocks import Block, Layout, read_row_group, to_batch
+from torchrec_me.data.store import PATH_MANAGER, DatasetError, join, load_metadata
+
+T = TypeVar("T")
+_END = object()
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of a split file: where it is, its size and its first row in the split."""
+
+    file: str
+    index: int
+    rows: int
+    start: int
+
+
+def prefetch(make: Callable[[], Iterator[T]], depth: int) -> Iterator[T]:
+    """Iterate ``make()`` in a background thread, ``depth`` items ahead.
+
+    An exception in the thread is re-raised here; closing this generator stops the thread.
+    """
+    items: "queue.Queue[Tuple[Any, Optional[BaseException]]]" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any, error: Optional[BaseException] = None) -> bool:
+        while not stop.is_set():
+            try:
+                items.put((item, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in make():
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer
+            put(_END, e)
+
+    thread = threading.Thread(target=work, name="torchrec-me-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+class ParquetDataset:
+    """Batches of a prepared Parquet dataset; see the module docstring for the order.
+
+    Args:
+        cfg (DataConfig): ``path`` (directory or URI) and ``seed`` (of the shuffle).
+        shuffle_window (int): row groups shuffled together (memory: that many row
+            groups of decoded int64 ids).
+        prefetch (int): batches decoded ahead by the background thread.
+
+    Example::
+
+        ds = ParquetDataset(DataConfig(name="parquet", path="criteo-prepared"))
+        for batch in ds.train_batches(rank=0, world_size=1, batch_size=1024, start=0, stop=10):
+            batch.sparse_features  # KJT with keys ds.feature_names
+    """
+
+    has_teacher: bool = False
+
+    def __init__(self, cfg: DataConfig, shuffle_window: int = 8, prefetch: int = 8) -> None:
+        if cfg.path is None:
+            raise DatasetError("the parquet dataset needs data.path, a directory written by `torchrec-me prepare`")
+        if shuffle_window < 1 or prefetch < 1:
+            raise ValueError("shuffle_window and prefetch must be >= 1")
+        self.path: str = cfg.path
+        self.seed = cfg.seed
+        self.shuffle_window = shuffle_window
+        self.prefetch = prefetch
+        self.meta = load_metadata(self.path)
+        sparse = self.meta["sparse_features"]
+        self.feature_names: List[str] = [f["name"] for f in sparse]
+        self.num_embeddings: List[int] = [int(f["vocab_size"]) for f in sparse]
+        self.num_dense: int = len(self.meta["dense_features"])
+        self.layout = Layout(
+            self.feature_names, [bool(f.get("multi_hot")) for f in sparse], self.num_embeddings,
+            list(self.meta["dense_features"]),
+        )  # fmt: skip
+        self._groups: Dict[str, List[RowGroup]] = {}
+
+    # ------------------------------------------------------------------ row groups
+
+    def row_groups(self, split: str) -> List[RowGroup]:
+        """The row groups of ``split``, from its Parquet footer (checked against the metadata)."""
+        if split not in self._groups:
+            info = self.meta["splits"].get(split)
+            if info is None:
+                raise DatasetError(f"{self.path} has no split {split!r}; it has {', '.join(self.meta['splits'])}")
+            local = PATH_MANAGER.get_local_path(join(self.path, info["file"]))
+            md = pq.ParquetFile(local).metadata
+            groups, start = [], 0
+            for i in range(md.num_row_groups):
+                rows = md.row_group(i).num_rows
+                groups.append(RowGroup(local, i, rows, start))
+                start += rows
+            if start != info["rows"]:
+                raise DatasetError(f"{info['file']} of {self.path} has {start} rows, metadata.json says {info['rows']}")
+            self._groups[split] = groups
+        return self._groups[split]
+
+    def _reader(self) -> Callable[[RowGroup], Block]:
+        files: Dict[str, pq.ParquetFile] = {}
+
+        def read(g: RowGroup) -> Block:
+            if g.file not in files:
+                files[g.file] = pq.ParquetFile(g.file, memory_map=True)
+            return read_row_group(files[g.file], g.index, self.layout, g.file)
+
+        return read
+
+    # ------------------------------------------------------------------ training
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, *key]))
+
+    def epoch_groups(self, rank: int, world_size: int, epoch: int) -> List[RowGroup]:
+        """The train row groups rank ``rank`` reads in ``epoch``, in reading order."""
+        groups = self.row_groups("train")
+        if len(groups) < world_size:
+            raise DatasetError(
+                f"the train split of {self.path} has {len(groups)} row groups, fewer than the {world_size} ranks; "
+                "prepare it again with a smaller --row-group-size"
+            )
+        perm = self._rng(0x7EA1, epoch).permutation(len(groups))
+        return [groups[i] for i in perm[rank::world_size]]
+
+    def epoch_rows(self, rank: int, world_size: int, epoch: int) -> int:
+        """Rows of rank ``rank``'s share of the train split in ``epoch``."""
+        return sum(g.rows for g in self.epoch_groups(rank, world_size, epoch))
+
+    def _train_stream(self, rank: int, world_size: int, batch_size: int, start: int, stop: Optional[int]) -> Iterator[Batch]:
+        read = self._reader()
+        skip, epoch = start * batch_size, 0
+        while skip >= (n := self.epoch_rows(rank, world_size, epoch)):
+            skip, epoch = skip - n, epoch + 1
+        step = start
+        carry: Optional[Block] = None
+        while True:
+            groups = self.epoch_groups(rank, world_size, epoch)
+            for w in range(0, len(groups), self.shuffle_window):
+                window = groups[w : w + self.shuffle_window]
+                rows = sum(g.rows for g in window)
+                if skip >= rows:
+                    skip -= rows
+                    continue
+                block = Block.concat([read(g) for g in window])
+                block = block.take(self._rng(0x5BFF, epoch, rank, world_size, w).permutation(rows))
+                block, skip = block.slice(skip, rows), 0
+                k = 0
+                if carry is not None and carry.n:  # the batch that straddles two windows
+                    k = batch_size - carry.n
+                    if block.n < k:
+                        carry = Block.concat([carry, block])
+                        continue
+                    yield to_batch(Block.concat([carry, block.slice(0, k)]), self.layout)
+                    step += 1
+                    if stop is not None and step >= stop:
+                        return
+                while block.n - k >= batch_size:
+                    yield to_batch(block.slice(k, k + batch_size), self.layout)
+                    k, step = k + batch_size, step + 1
+                    if stop is not None and step >= stop:
+                        return
+                carry = block.slice(k, block.n)
+            epoch += 1
+
+    def train_batches(
+        self, rank: int, world_size: int, batch_size: int, start: int = 0, stop: Optional[int] = None
+    ) -> Iterator[Batch]:
+        """This rank's training batches for steps ``start..stop-1`` (endless if stop is None)."""
+        self.epoch_groups(rank, world_size, 0)  # fail here, not in the reader thread
+        if stop is not None and stop <= start:
+            return iter(())
+        return prefetch(lambda: self._train_stream(rank, world_size, batch_size, start, stop), self.prefetch)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def eval_ranges(self, split: str, rank: int, world_size: int, batch_size: int) -> List[Tuple[int, int, bool]]:
+        """``(first row, end row, is_real)`` of each of this rank's eval batches of ``split``."""
+        n = sum(g.rows for g in self.row_groups(split))
+        if n == 0:
+            raise DatasetError(f"the {split} split of {self.path} has no rows")
+        q = n // world_size
+        lo = rank * q
+        ranges = [(lo + a, lo + min(a + batch_size, q), True) for a in range(0, q, batch_size)]
+        if n - world_size * q:
+            extra = world_size * q + rank
+            ranges.append((extra, extra + 1, True) if extra < n else (0, 1, False))
+        return ranges
+
+    def _eval_stream(self, split: str, ranges: List[Tuple[int, int, bool]]) -> Iterator[Tuple[Batch, None, bool]]:
+        groups = self.row_groups(split)
+        starts = [g.start for g in groups]
+        read = self._reader()
+        cached: Dict[int, Block] = {}
+        for lo, hi, real in ranges:
+            parts = []
+            for gi in range(bisect.bisect_right(starts, lo) - 1, len(groups)):
+                g = groups[gi]
+                if g.start >= hi:
+                    break
+                if gi not in cached:
+                    cached.clear()  # ranges only move forward: keep the last group
+                    cached[gi] = read(g)
+                parts.append(cached[gi].slice(max(lo, g.start) - g.start, min(hi, g.start + g.rows) - g.start))
+            yield to_batch(Block.concat(parts), self.layout), None, real
+
+    def eval_batches(
+        self, split: str, rank: int, world_size: int, batch_size: int
+    ) -> Iterator[Tuple[Batch, Optional[torch.Tensor], bool]]:
+        """This rank's share of ``split``: ``(batch, None, is_real)``; see the module docstring."""
+        ranges = self.eval_ranges(split, rank, world_size, batch_size)
+        return prefetch(lambda: self._eval_stream(split, ranges), self.prefetch)
