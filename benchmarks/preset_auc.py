@@ -22,8 +22,8 @@ from torchrec_me.models import BACKBONE_REGISTRY
 def run(preset: str, steps: int, extra: List[str]) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "m.json"
-        cmd = [sys.executable, "-m", "torchrec_me.train", f"model={preset}", f"train.steps={steps}",
-               "--no-progress", "--metrics-out", str(out), *extra]  # fmt: skip
+        cmd = [sys.executable, "-m", "torchrec_me.train", f"model={preset}", f"train.steps={steps}", *extra,
+               "--no-progress", "--metrics-out", str(out)]  # fmt: skip
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -27,8 +27,7 @@ from torchrec_me.analysis.report import collapse_report
 from torchrec_me.config import ConfigError, config_from_dict
 from torchrec_me.data import build_dataset
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.distributed.sharding import DistContext, apply_sparse_optimizer, init_distributed, plan_and_shard
-from torchrec_me.models import MultiEmbeddingTrain, build_model
+from torchrec_me.distributed.sharding import DistContext, init_distributed
 
 
 def resolve_checkpoint(path: str) -> Tuple[Path, Optional[Path]]:
@@ -48,12 +47,7 @@ def analyze_checkpoint(path: Path, ctx: DistContext, chunk_rows: int) -> Dict[st
     meta = ckpt.read_meta(path)
     cfg = config_from_dict(meta["config"], origin=f"{path}/meta.json")
     dataset = build_dataset(cfg.data)
-    module = MultiEmbeddingTrain(
-        build_model(cfg.model, dataset.feature_names, dataset.num_embeddings, torch.device("meta"), dataset.num_dense)
-    )
-    apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
-    dmp, _ = plan_and_shard(module, ctx, cfg.train.batch_size)
-    ckpt.load_checkpoint(path, dmp)
+    dmp = ckpt.load_sharded_model(path, cfg, dataset, ctx)
     counts = ckpt.read_extra(path).get("id_counts")
     tracker = None
     if counts is not None:

@@ -33,8 +33,7 @@ from torchrec_me.config import ConfigError, config_from_dict
 from torchrec_me.data import build_dataset
 from torchrec_me.data.store import DatasetError
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.distributed.sharding import DistContext, apply_sparse_optimizer, init_distributed, plan_and_shard
-from torchrec_me.models import MultiEmbeddingTrain, build_model
+from torchrec_me.distributed.sharding import DistContext, init_distributed
 from torchrec_me.train import gather_cat
 
 
@@ -72,12 +71,7 @@ def predict(
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     batch_size = batch_size or cfg.train.eval_batch_size
 
-    module = MultiEmbeddingTrain(
-        build_model(cfg.model, dataset.feature_names, dataset.num_embeddings, torch.device("meta"), dataset.num_dense)
-    )
-    apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
-    dmp, _ = plan_and_shard(module, ctx, cfg.train.batch_size)
-    ckpt.load_checkpoint(path, dmp)
+    dmp = ckpt.load_sharded_model(path, cfg, dataset, ctx)
     dmp.eval()
 
     rows, logits, labels = [], [], []

@@ -171,3 +171,18 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
             for p in paths:
                 if not is_complete(p) and p.name < complete[-1].name:
                     shutil.rmtree(p, ignore_errors=True)
+
+
+def load_sharded_model(path: Path, cfg: Any, dataset: Any, ctx: Any) -> nn.Module:
+    """Collective: ``cfg``'s model over ``dataset``'s tables, sharded at the current world
+    size, with the weights of checkpoint ``path`` (DCP reshards them as needed)."""
+    from torchrec_me.distributed.sharding import apply_sparse_optimizer, plan_and_shard
+    from torchrec_me.models import MultiEmbeddingTrain, build_model
+
+    module = MultiEmbeddingTrain(
+        build_model(cfg.model, dataset.feature_names, dataset.num_embeddings, torch.device("meta"), dataset.num_dense)
+    )
+    apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
+    dmp, _ = plan_and_shard(module, ctx, cfg.train.batch_size)
+    load_checkpoint(path, dmp)
+    return dmp
