@@ -22,7 +22,10 @@ Sections (each a markdown table; ``--json FILE`` writes every row):
 
 Under torchrun (``WORLD_SIZE`` set) only configurations at that world size run and rank
 0 reports. ``--batch-size`` is per rank (as ``train.batch_size``); samples/s count every
-rank and use the median step time (the machine may be shared). The matmul peak is the
+rank and use the median step time (the machine may be shared). All configurations of
+one world size are built first and timed in interleaved rounds (``--rounds``), so
+drifting contention hits them alike; each one's peak memory is taken while it is built
+and warmed up, as its rise over the process baseline. The matmul peak is the
 best of repeated measurements before and after every configuration. The sparse
 optimizer defaults to ``adagrad`` (EXACT_ADAGRAD), the one fused CPU optimizer under
 which every layout is the same model. A CUDA device is used when available.
@@ -48,17 +51,20 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from torchrec_me.config import Config, ConfigError, ModelConfig, validate
 from torchrec_me.data.synthetic import SyntheticCriteo
+from torchrec_me.distributed import sharding
 from torchrec_me.distributed.sharding import DistContext, apply_sparse_optimizer, build_optimizer, init_distributed
 from torchrec_me.distributed.sharding import plan_and_shard
 from torchrec_me.models import BACKBONE_REGISTRY, MultiEmbeddingModel, MultiEmbeddingTrain, build_model
 from torchrec_me.modules import interactions
 from torchrec_me.modules.layouts import LAYOUT_REGISTRY
+from torchrec_me.modules.mlp import ReLUDropout
 
 
 @dataclass(frozen=True)
@@ -125,18 +131,27 @@ def _reference_logits(self: MultiEmbeddingModel, dense_features: torch.Tensor, p
     return self.head(torch.stack(hidden, dim=0).mean(0))
 
 
+def _reference_relu_dropout(self: ReLUDropout, x: torch.Tensor) -> torch.Tensor:
+    return F.dropout(F.relu(x), self.p, self.training)
+
+
 @contextlib.contextmanager
 def dense_path(name: str) -> Iterator[None]:
-    """``reference``: TorchRec's ``CrossNet`` forward and ``mean`` over sets, the
-    straightforward version the fused path replaced; ``fused``: the library as is."""
-    saved = interactions.cross_net, MultiEmbeddingModel._logits
+    """``reference``: the straightforward version the fused path replaced (TorchRec's
+    ``CrossNet`` forward, ``nn.ReLU`` + ``nn.Dropout``, ``mean`` over stacked sets, and
+    the multi-tensor rather than the fused Adam); ``fused``: the library as is. Models
+    and optimizers must be built inside it."""
+    saved = interactions.cross_net, MultiEmbeddingModel._logits, ReLUDropout.forward, sharding._fused_adam_ok
     if name == "reference":
         interactions.cross_net = lambda x0, cross: cross(x0)  # type: ignore[assignment]
         MultiEmbeddingModel._logits = _reference_logits  # type: ignore[method-assign]
+        ReLUDropout.forward = _reference_relu_dropout  # type: ignore[method-assign]
+        sharding._fused_adam_ok = lambda params: False  # type: ignore[assignment]
     try:
         yield
     finally:
-        interactions.cross_net, MultiEmbeddingModel._logits = saved  # type: ignore[method-assign]
+        (interactions.cross_net, MultiEmbeddingModel._logits, ReLUDropout.forward,
+         sharding._fused_adam_ok) = saved  # type: ignore[method-assign]  # fmt: skip
 
 
 def dense_flops_per_sample(cfg: ModelConfig, num_fields: int) -> float:
@@ -182,7 +197,8 @@ def _reduce(value: float, op: Any) -> float:
     return float(t.item())
 
 
-def _reset_peak_memory(device: torch.device) -> None:
+def _reset_peak_memory(device: torch.device) -> float:
+    """Free what can be freed, restart the peak counter; the memory in use now (MB)."""
     gc.collect()
     with contextlib.suppress(OSError):  # return freed heap pages, so the peak starts from what is live
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -191,7 +207,15 @@ def _reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     elif os.path.exists("/proc/self/clear_refs"):
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM, the peak resident set
+            f.write("5")  # resets VmHWM, the peak resident set, to the current one
+    return _current_memory_mb(device)
+
+
+def _current_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024  # type: ignore[union-attr]
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -201,82 +225,128 @@ def _peak_memory_mb(device: torch.device) -> float:
         return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024  # type: ignore[union-attr]
 
 
-def run_one(spec: Spec, args: argparse.Namespace, ctx: DistContext, data: SyntheticCriteo, batches: Sequence[Batch]) -> Dict[str, Any]:
-    """Train ``args.warmup`` + ``args.steps`` steps of ``spec``; its row (collective)."""
+@dataclass
+class _Running:
+    """A built configuration: its pipeline and what was measured so far."""
+
+    spec: Spec
+    cfg: Config
+    dmp: Any
+    pipeline: Any
+    stream: Iterator[Batch]
+    peak_mem_mb: float
+    times: List[float]
+    cpu_seconds: float = 0.0
+
+
+def build_one(spec: Spec, args: argparse.Namespace, ctx: DistContext, data: SyntheticCriteo,
+              batches: Sequence[Batch], baseline_mb: float) -> _Running:  # fmt: skip
+    """Shard ``spec``'s model and run its warm-up steps; its own peak memory (collective).
+
+    The peak is this configuration's rise above the memory in use before it was built,
+    plus the process baseline ``baseline_mb`` (data, runtime): what it would take alone,
+    though other configurations stay built for the interleaved timing.
+    """
     cfg = _config(spec, args)
-    _reset_peak_memory(ctx.device)
+    before = _reset_peak_memory(ctx.device)
     torch.manual_seed(0)
-    model = build_model(cfg.model, data.feature_names, data.num_embeddings, device=torch.device("meta"))
-    module = MultiEmbeddingTrain(model)
-    apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
-    dmp, _ = plan_and_shard(module, ctx, cfg.train.batch_size)
-    pipeline = TrainPipelineSparseDist(dmp, build_optimizer(dmp, cfg.train), ctx.device)
     stream = itertools.cycle(batches)
-    times = []
     with dense_path(spec.dense):
+        model = build_model(cfg.model, data.feature_names, data.num_embeddings, device=torch.device("meta"))
+        module = MultiEmbeddingTrain(model)
+        apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
+        dmp, _ = plan_and_shard(module, ctx, cfg.train.batch_size)
+        pipeline = TrainPipelineSparseDist(dmp, build_optimizer(dmp, cfg.train), ctx.device)
         for _ in range(args.warmup):
             pipeline.progress(stream)
+    _sync(ctx.device)
+    mem = _reduce(baseline_mb + _peak_memory_mb(ctx.device) - before, dist.ReduceOp.MAX)
+    return _Running(spec, cfg, dmp, pipeline, stream, mem, [])
+
+
+def time_round(run: _Running, steps: int, ctx: DistContext) -> None:
+    """One untimed step (the previous configuration left the caches cold), then ``steps`` timed."""
+    with dense_path(run.spec.dense):
+        run.pipeline.progress(run.stream)
+        _sync(ctx.device)
         dist.barrier()
         cpu_start = time.process_time()
-        for _ in range(args.steps):
+        for _ in range(steps):
             start = time.perf_counter()
-            pipeline.progress(stream)
+            run.pipeline.progress(run.stream)
             _sync(ctx.device)
-            times.append(time.perf_counter() - start)
-        cores_busy = (time.process_time() - cpu_start) / sum(times)
-        breakdown = profile_steps(pipeline, stream, args.steps) if args.profile and spec.dense == "fused" else None
+            run.times.append(time.perf_counter() - start)
+        run.cpu_seconds += time.process_time() - cpu_start
+
+
+def finish_one(run: _Running, args: argparse.Namespace, ctx: DistContext, data: SyntheticCriteo,
+               batches: Sequence[Batch]) -> Dict[str, Any]:  # fmt: skip
+    """The configuration's row (collective); frees it."""
+    spec, times = run.spec, run.times
     step = _reduce(statistics.median(times), dist.ReduceOp.MAX)
     mean = _reduce(sum(times) / len(times), dist.ReduceOp.MAX)
-    mem = _reduce(_peak_memory_mb(ctx.device), dist.ReduceOp.MAX)
-    pipeline.detach()
-    del pipeline, dmp, module, model
+    best = _reduce(min(times), dist.ReduceOp.MAX)
+    cores_busy = _reduce(run.cpu_seconds / sum(times), dist.ReduceOp.SUM) / ctx.world_size
+    run.pipeline.detach()
+    breakdown = None
+    if args.profile and spec.dense == "fused" and ctx.world_size == 1:
+        breakdown = time_phases(run.dmp, run.pipeline._optimizer, batches, args.steps)
+    run.pipeline = run.dmp = run.stream = None
     global_batch = args.batch_size * ctx.world_size
     return {
         "backbone": spec.backbone, "model": "SE" if spec.num_sets == 1 else "ME", "num_sets": spec.num_sets,
         "embedding_dim": spec.embedding_dim, "layout": spec.layout, "world_size": ctx.world_size,
         "device": ctx.device.type, "dense_path": spec.dense, "sections": list(spec.sections),
         "batch_size": args.batch_size, "sparse_optimizer": args.sparse_optimizer,
-        "threads_per_rank": torch.get_num_threads(), "steps": args.steps, "step_ms": 1e3 * step,
-        "samples_per_s": global_batch / step, "samples_per_s_mean": global_batch / mean,
-        "dense_gflop_per_sample": dense_flops_per_sample(cfg.model, len(data.feature_names)) / 1e9,
-        "peak_mem_mb": mem, "cores_busy_per_rank": _reduce(cores_busy, dist.ReduceOp.SUM) / ctx.world_size,
-        "profile": breakdown,
+        "threads_per_rank": torch.get_num_threads(), "steps": len(times), "rounds": args.rounds,
+        "step_ms": 1e3 * step, "samples_per_s": global_batch / step, "samples_per_s_mean": global_batch / mean,
+        "samples_per_s_best": global_batch / best,
+        "dense_gflop_per_sample": dense_flops_per_sample(run.cfg.model, len(data.feature_names)) / 1e9,
+        "peak_mem_mb": run.peak_mem_mb, "cores_busy_per_rank": cores_busy, "profile": breakdown,
     }  # fmt: skip
 
 
-# Where a profiled op's self time goes: first matching (category, pattern on the op and
-# its ancestors' names). Unmatched time inside the step is "dense: element-wise and other".
-PROFILE_CATEGORIES: List[Tuple[str, str]] = [
-    ("dense optimizer (Adam)", r"## optimizer|Optimizer\.step"),
-    ("embeddings: FBGEMM TBE lookup + fused update", r"split_embedding|bounds_check"),
-    ("sparse dist: KJT, permutes, all-to-all", r"sparse_data_dist|copy_batch|next_batch|fbgemm::|KeyedJaggedTensor|c10d|gloo|Awaitable|wait\(\)"),
-    ("dense matmuls", r"^aten::(mm|addmm|bmm|baddbmm|matmul)$"),
-]  # fmt: skip
+def time_phases(dmp: Any, optimizer: Any, batches: Sequence[Batch], steps: int) -> Dict[str, float]:
+    """Milliseconds per eager (unpipelined) training step, by phase; world size 1 only.
 
-
-def profile_steps(pipeline: Any, stream: Iterator[Batch], steps: int) -> Dict[str, float]:
-    """Milliseconds per step by category, from ``torch.profiler`` self times."""
-    from torch.profiler import ProfilerActivity, profile
-
-    start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            pipeline.progress(stream)
-    wall = (time.perf_counter() - start) / steps * 1e3
-    out = {name: 0.0 for name, _ in PROFILE_CATEGORIES} | {"dense: element-wise and other": 0.0}
-    for ev in prof.events():
-        chain, node = [], ev
-        while node is not None:
-            chain.append(node.name)
-            node = node.cpu_parent
-        name = next((c for c, p in PROFILE_CATEGORIES if any(re.search(p, n) for n in chain)), None)
-        out[name or "dense: element-wise and other"] += ev.self_cpu_time_total / 1e3 / steps
-    out["profiled step (wall)"] = wall
+    The sets' embeddings are detached before the interactions, so the dense backward
+    and the embedding backward (FBGEMM's backward with the fused sparse update) are
+    timed apart; a sharded EBC's forward includes its input and output distribution.
+    """
+    model = dmp.module.model
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    phases = ["embeddings: forward (incl. dist)", "interactions + head: forward", "interactions + head: backward",
+              "embeddings: backward + fused update", "dense Adam step"]  # fmt: skip
+    out = {p: 0.0 for p in phases}
+    for i in range(steps + 1):
+        batch = batches[i % len(batches)]
+        marks = [time.perf_counter()]
+        optimizer.zero_grad()
+        per_set = model.sparse_arch(batch.sparse_features)
+        marks.append(time.perf_counter())
+        leaves = [e.detach().requires_grad_() for e in per_set]
+        loss = loss_fn(model._logits(batch.dense_features, leaves), batch.labels.float())
+        marks.append(time.perf_counter())
+        loss.backward()
+        marks.append(time.perf_counter())
+        torch.autograd.backward(per_set, [e.grad for e in leaves])
+        marks.append(time.perf_counter())
+        optimizer.step()
+        marks.append(time.perf_counter())
+        if i:  # the first step warms up
+            for p, a, b in zip(phases, marks, marks[1:]):
+                out[p] += (b - a) * 1e3 / steps
+    out["eager step (sum)"] = sum(out[p] for p in phases)
     return out
 
 
 def run_world(specs: Sequence[Spec], args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """Every spec at this process group's world size; rows on every rank."""
+    """Every spec at this process group's world size; rows on every rank.
+
+    All configurations are built first, then timed in ``args.rounds`` interleaved rounds
+    (each configuration ``steps / rounds`` steps per round), so a slow minute of a shared
+    machine slows all of them alike and the ratios between them hold.
+    """
     ctx = init_distributed(args.device)
     data = SyntheticCriteo(_config(specs[0], args).data)
     batches = [
@@ -284,19 +354,26 @@ def run_world(specs: Sequence[Spec], args: argparse.Namespace) -> List[Dict[str,
         for g in range(args.num_batches)
     ]
     peaks = [matmul_peak_gflops(ctx.device, args.peak_reps)]
-    rows = []
+    baseline = _current_memory_mb(ctx.device)
+    running = []
     for spec in specs:
         try:
-            rows.append(run_one(spec, args, ctx, data, batches))
+            running.append(build_one(spec, args, ctx, data, batches, baseline))
         except ConfigError as e:
             if ctx.rank == 0:
                 print(f"skipped {spec}: {e}", file=sys.stderr, flush=True)
-            continue
+    per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
+    for steps in per_round:
+        for run in running:
+            time_round(run, steps, ctx)
         peaks.append(matmul_peak_gflops(ctx.device, args.peak_reps))
+    rows = []
+    for run in running:
+        rows.append(finish_one(run, args, ctx, data, batches))
         if ctx.rank == 0:
-            r = rows[-1]
-            print(f"  {spec.backbone} K={spec.num_sets} D={spec.embedding_dim} {spec.layout} W={ctx.world_size} "
-                  f"{spec.dense}: {r['samples_per_s']:,.0f} samples/s", file=sys.stderr, flush=True)  # fmt: skip
+            r, s = rows[-1], run.spec
+            print(f"  {s.backbone} K={s.num_sets} D={s.embedding_dim} {s.layout} W={ctx.world_size} "
+                  f"{s.dense}: {r['samples_per_s']:,.0f} samples/s", file=sys.stderr, flush=True)  # fmt: skip
     for r in rows:  # contention only lowers a measured peak: the best is the machine's
         r["matmul_peak_gflops"] = max(peaks)
         r["roofline_samples_per_s"] = max(peaks) / r["dense_gflop_per_sample"]
@@ -307,7 +384,7 @@ def run_world(specs: Sequence[Spec], args: argparse.Namespace) -> List[Dict[str,
 def spawn_world(args: argparse.Namespace, world_size: int) -> List[Dict[str, Any]]:
     """Run the ``world_size`` configurations under torchrun on this host; their rows."""
     keep = ["--backbones", *args.backbones, "--scales", *map(str, args.scales), "--layouts", *args.layouts]
-    for flag in ("layout_k", "embedding_dim", "batch_size", "steps", "warmup", "num_batches",
+    for flag in ("layout_k", "embedding_dim", "batch_size", "steps", "rounds", "warmup", "num_batches",
                  "sparse_optimizer", "cardinality_scale", "device", "peak_reps"):  # fmt: skip
         keep += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     keep += [f for f, on in (("--quick-sweep", args.quick), ("--no-se", args.no_se)) if on]
@@ -364,6 +441,7 @@ def report(rows: Sequence[Dict[str, Any]]) -> str:
     for r in rows:
         if r.get("profile"):
             prof = [{"where": k, "ms_per_step": f"{v:.1f}"} for k, v in r["profile"].items()]
+            prof.append({"where": "pipelined step (median, above)", "ms_per_step": f"{r['step_ms']:.1f}"})
             title = f"### Profile: {r['backbone']} K={r['num_sets']} {r['layout']} W={r['world_size']}"
             out.append(title + "\n\n" + _table(prof, ["where", "ms_per_step"]))
     peaks = sorted({(r["world_size"], round(r["matmul_peak_gflops"])) for r in rows})
@@ -383,20 +461,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--embedding-dim", type=int, default=12, help="base dim D (the paper's 10, rounded to x4)")
     p.add_argument("--world-sizes", nargs="+", type=int, default=None, help="default 1 2 (under torchrun: its)")
     p.add_argument("--batch-size", type=int, default=2048, help="per rank")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all configurations")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--num-batches", type=int, default=4, help="distinct pre-generated batches per rank")
     p.add_argument("--sparse-optimizer", default="adagrad", help="fused table optimizer (train.sparse_optimizer)")
     p.add_argument("--cardinality-scale", type=float, default=1.0, help="1.0: Criteo's full vocabularies")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--peak-reps", type=int, default=10, help="matmuls per peak measurement (the best counts)")
-    p.add_argument("--profile", action="store_true", help="also profile each fused configuration: ms per step by part")
+    p.add_argument("--profile", action="store_true", help="also time the phases of an eager step (world size 1)")
     p.add_argument("--json", help="write every row here (a JSON list)")
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # a spawned world: rows only
     args = p.parse_args(argv)
     if args.quick:
-        args.scales, args.steps, args.warmup, args.num_batches, args.no_se = [1, 4], 5, 2, 2, True
+        args.scales, args.steps, args.rounds, args.warmup, args.num_batches, args.no_se = [1, 4], 6, 2, 2, 2, True
     args.quick = args.quick or args.quick_sweep
+    if not 1 <= args.rounds <= args.steps:
+        p.error(f"--rounds must be between 1 and --steps ({args.steps}), got {args.rounds}")
     return args
 
 

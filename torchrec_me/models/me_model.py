@@ -78,9 +78,14 @@ class MultiEmbeddingModel(nn.Module):
             ]
         shared = len(self.interactions) == 1
         hidden = [self.interactions[0 if shared else k](emb) for k, emb in enumerate(per_set)]
-        # The mean over sets as sum / K: its backward is one (B, H) division, where
-        # mean's divides the expanded (K, B, H) gradient.
-        return self.head(hidden[0] if len(hidden) == 1 else torch.stack(hidden, dim=0).sum(0) / len(hidden))
+        # The mean over sets as a chain of adds, then / K: no (K, B, H) stack is written,
+        # an add's backward passes the gradient through, and the division is one (B, H) pass.
+        if len(hidden) == 1:
+            return self.head(hidden[0])
+        total = hidden[0] + hidden[1]
+        for h in hidden[2:]:
+            total = total + h
+        return self.head(total / len(hidden))
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         return self._logits(dense_features, self.sparse_arch(sparse_features))

@@ -96,7 +96,7 @@ class _FusedCrossNet(torch.autograd.Function):
     (two kernels instead of CrossNet's matmul, bias add, mul and add on (B, N, 1)
     views). Backward per layer, with g = dL/dx_{l+1}: ``gz = g * x0``,
     ``g_x0 += g * z`` (in place), ``dW = gz^T x_l``, ``db = sum_B gz``,
-    ``g <- addmm(g, gz, W)``; autograd would add two more passes over (B, N).
+    ``g <- g + gz W`` (in place, one GEMM); autograd would add two more passes over (B, N).
     Saves x_l and z_l per layer, as autograd does. Once differentiable.
     """
 
@@ -131,7 +131,8 @@ class _FusedCrossNet(torch.autograd.Function):
             gz = g * x0
             grad_kernels[layer] = gz.t().mm(xs[layer])
             grad_biases[layer] = gz.sum(0).unsqueeze(1)
-            g = torch.addmm(g, gz, kernels[layer])
+            # The incoming gradient is autograd's; later ones are ours to update in place.
+            g = torch.addmm(g, gz, kernels[layer]) if layer == n - 1 else g.addmm_(gz, kernels[layer])
         return (grad_x0.add_(g), *grad_kernels, *grad_biases)
 
 
