@@ -113,12 +113,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(runs: Dict[str, Any]) ->
     full = json.loads((runs["full"] / "metrics.json").read_text())
     resumed = json.loads((runs["crashed"] / "metrics.json").read_text())
     assert resumed["resumed_from"] and resumed["steps"] == full["steps"] == STEPS
-    for key in ("val_auc", "val_samples", "world_size"):
+    for key in ("val_samples", "world_size"):
         assert resumed[key] == full[key], key
-    # The model and optimizer state are bitwise equal (next test). The logloss is a
-    # float64 mean over float32 logits from MKL GEMMs, whose last bits can depend on
-    # the memory alignment of a process's buffers: compare to a tight 1e-9 relative.
-    assert resumed["val_logloss"] == pytest.approx(full["val_logloss"], rel=1e-9, abs=0)
+    # The model and optimizer state are bitwise equal (next test). Evaluation's float32
+    # logits come from MKL GEMMs whose last bits can depend on the memory alignment of a
+    # process's buffers (seen: AUC 0.6558597684 vs 0.6558597088, logloss equal to 1e-10),
+    # so the metrics are compared to float32 rounding, far below any training difference.
+    assert resumed["val_auc"] == pytest.approx(full["val_auc"], rel=1e-6, abs=0)
+    assert resumed["val_logloss"] == pytest.approx(full["val_logloss"], rel=1e-6, abs=0)
 
 
 def test_final_checkpoints_are_bitwise_equal(runs: Dict[str, Any], tmp_path: Path) -> None:
