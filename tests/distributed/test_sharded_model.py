@@ -121,6 +121,9 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
         "sharding_types": {
             f"{mod}.{t}": ps.sharding_type for mod, params in plan.plan.items() for t, ps in params.items()
         },
+        "ranks_by_set": {
+            mod: sorted({r for ps in params.values() for r in (ps.ranks or [])}) for mod, params in plan.plan.items()
+        },
         "num_sharded_ebcs": len(sharded_names),
         "pipelined": sorted(sharded_names[id(m)] for m in pipelined if id(m) in sharded_names),
         "num_pipelined": len(pipelined),
@@ -182,6 +185,14 @@ def test_plan_honours_per_set_constraints(ranks: List[Dict[str, Any]]) -> None:
     for k, expected in enumerate(SET_SHARDING):
         got = {v for name, v in types.items() if f"ebcs.{k}." in name}
         assert got == {expected}, (k, got)
+
+
+def test_each_set_is_planned_over_both_ranks(ranks: List[Dict[str, Any]]) -> None:
+    """Several EBCs on several ranks are planned one by one (``per_module``), so no set
+    sits whole on one rank while the other waits at its output distribution."""
+    by_set = ranks[0]["ranks_by_set"]
+    assert sorted(by_set) == [f"model.sparse_arch.ebcs.{k}" for k in range(3)]
+    assert all(r == [0, 1] for r in by_set.values()), by_set
 
 
 def test_pipeline_pipelines_every_set(ranks: List[Dict[str, Any]]) -> None:

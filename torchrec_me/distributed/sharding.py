@@ -14,7 +14,9 @@ from torch import nn
 from torchrec import optim as trec_optim
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.constants import DDR_CAP, HBM_CAP
 from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -93,27 +95,70 @@ def plan_and_shard(
     batch_size: int,
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     plan: Optional[ShardingPlan] = None,
+    per_module: Optional[bool] = None,
 ) -> "tuple[DistributedModelParallel, ShardingPlan]":
     """Plan the embedding tables with TorchRec's planner and wrap in DMP.
 
     ``constraints`` are keyed by table name (``set{k}__{feature}``), so one set can be
     pinned to a sharding type without touching the others. A given ``plan`` (e.g. from
     an earlier call on a model with the same tables) skips planning.
+
+    ``per_module`` (default: when there are several ranks and several
+    EmbeddingBagCollections, as with K separate sets) plans each EBC on its own, with
+    1/M of the topology's memory for M EBCs, so every EBC's tables are spread over all
+    ranks. One plan over all K*F tables balances only the total: it put each set of
+    ME-DCNv2-4x whole on one of 2 ranks, and since each EBC's output distribution is a
+    collective that waits for its owner's lookups, the ranks took turns (1.28x the step
+    time of one packed EBC, ``benchmarks/README.md``).
     """
-    if plan is not None:
-        return DistributedModelParallel(module=model, device=ctx.device, plan=plan), plan
-    if constraints is None:
-        constraints = fused_constraints(model)
-    topology = Topology(
-        world_size=ctx.world_size,
-        local_world_size=ctx.local_world_size,
-        compute_device=ctx.device.type,
-    )
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
-    pg = dist.GroupMember.WORLD
-    plan = planner.collective_plan(model, None, pg)
+    if plan is None:
+        plan = plan_tables(model, ctx, batch_size, constraints, per_module, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan)
     return dmp, plan
+
+
+def plan_tables(
+    model: nn.Module,
+    ctx: DistContext,
+    batch_size: int,
+    constraints: Optional[Dict[str, ParameterConstraints]] = None,
+    per_module: Optional[bool] = None,
+    pg: Optional[dist.ProcessGroup] = None,
+) -> ShardingPlan:
+    """The sharding plan of :func:`plan_and_shard`: planned on rank 0 of ``pg`` and
+    broadcast, or, with ``pg=None``, planned here alone (no process group needed)."""
+    if constraints is None:
+        constraints = fused_constraints(model)
+    ebcs = _top_level_ebcs(model)
+    if per_module is None:
+        per_module = ctx.world_size > 1 and len(ebcs) > 1
+    targets = [(path, ebc, len(ebcs)) for path, ebc in ebcs] if per_module and ebcs else [("", model, 1)]
+    plans = {}
+    for path, module, share in targets:
+        holder = nn.Module()
+        holder.inner = module
+        topology = Topology(
+            world_size=ctx.world_size,
+            local_world_size=ctx.local_world_size,
+            compute_device=ctx.device.type,
+            hbm_cap=HBM_CAP // share,
+            ddr_cap=DDR_CAP // share,
+        )
+        planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
+        sharders = get_default_sharders()
+        planned = planner.collective_plan(holder, sharders, pg) if pg is not None else planner.plan(holder, sharders)
+        for name, module_plan in planned.plan.items():  # "inner" or "inner.{path in module}"
+            plans[".".join(p for p in (path, name[len("inner") + 1 :]) if p)] = module_plan
+    return ShardingPlan(plans)
+
+
+def _top_level_ebcs(model: nn.Module) -> "list[tuple[str, EmbeddingBagCollection]]":
+    """The EmbeddingBagCollections of ``model`` by path (none nested in another)."""
+    found: "list[tuple[str, EmbeddingBagCollection]]" = []
+    for name, m in model.named_modules():
+        if isinstance(m, EmbeddingBagCollection) and not any(name.startswith(p + ".") for p, _ in found):
+            found.append((name, m))
+    return found
 
 
 def fused_constraints(model: nn.Module) -> Dict[str, ParameterConstraints]:
