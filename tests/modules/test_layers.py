@@ -63,6 +63,23 @@ def test_cin_matches_loop() -> None:
     np.testing.assert_allclose(got.detach().numpy(), _cin_loop(x.numpy(), convs), rtol=1e-10)
 
 
+def test_cin_in_chunks_matches_loop_and_one_chunk(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A batch split into chunks gives the loop's outputs and the unchunked gradients."""
+    cin = CompressedInteraction(num_fields=3, layer_sizes=[4, 2]).double()
+    x = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
+    convs = [(c.weight.detach()[:, :, 0].numpy(), c.bias.detach().numpy()) for c in cin.convs]
+    whole = cin(x)
+    (g_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    # Z of one sample: F * max(H) * D * 8 bytes = 3 * 4 * 5 * 8 = 480 (H_1 = 4 is the widest input).
+    monkeypatch.setattr(CompressedInteraction, "CHUNK_BYTES", 2 * 480)
+    assert cin.chunk_rows(x) == 2  # 7 samples -> chunks of 2, 2, 2, 1
+    chunked = cin(x)
+    (g_chunked,) = torch.autograd.grad(chunked.square().sum(), x)
+    np.testing.assert_allclose(chunked.detach().numpy(), _cin_loop(x.detach().numpy(), convs), rtol=1e-10)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(g_chunked, g_whole)
+
+
 def test_feature_selection_gate_is_two_sigmoid_of_context_mlp() -> None:
     gate = FeatureSelectionGate(context_dim=4, hidden_dim=8, out_features=6).double()
     torch.nn.init.normal_(gate.context)
