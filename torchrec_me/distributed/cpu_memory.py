@@ -12,7 +12,6 @@ resident set is unchanged). Called by ``init_distributed``.
 """
 
 import ctypes
-import ctypes.util
 import logging
 
 logger = logging.getLogger(__name__)
@@ -29,10 +28,8 @@ def keep_freed_memory() -> bool:
 
     A no-op (False) where the C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded in this process
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

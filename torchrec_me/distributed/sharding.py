@@ -133,6 +133,7 @@ def plan_tables(
     if per_module is None:
         per_module = ctx.world_size > 1 and len(ebcs) > 1
     targets = [(path, ebc, len(ebcs)) for path, ebc in ebcs] if per_module and ebcs else [("", model, 1)]
+    sharders = get_default_sharders()
     plans = {}
     for path, module, share in targets:
         holder = nn.Module()
@@ -145,7 +146,6 @@ def plan_tables(
             ddr_cap=DDR_CAP // share,
         )
         planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
-        sharders = get_default_sharders()
         planned = planner.collective_plan(holder, sharders, pg) if pg is not None else planner.plan(holder, sharders)
         for name, module_plan in planned.plan.items():  # "inner" or "inner.{path in module}"
             plans[".".join(p for p in (path, name[len("inner") + 1 :]) if p)] = module_plan

@@ -80,12 +80,7 @@ class MultiEmbeddingModel(nn.Module):
         hidden = [self.interactions[0 if shared else k](emb) for k, emb in enumerate(per_set)]
         # The mean over sets as a chain of adds, then / K: no (K, B, H) stack is written,
         # an add's backward passes the gradient through, and the division is one (B, H) pass.
-        if len(hidden) == 1:
-            return self.head(hidden[0])
-        total = hidden[0] + hidden[1]
-        for h in hidden[2:]:
-            total = total + h
-        return self.head(total / len(hidden))
+        return self.head(hidden[0] if len(hidden) == 1 else sum(hidden[1:], hidden[0]) / len(hidden))
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         return self._logits(dense_features, self.sparse_arch(sparse_features))
