@@ -77,6 +77,9 @@ class ModelConfig:
         layout (str): how the K sets are laid out over TorchRec: ``separate`` (K EBCs),
             ``grouped`` (one EBC with all K*F tables) or ``packed`` (one table per
             feature of dim sum(D_k), column-sliced per set; element-wise optimizers only).
+        fused_dense (bool): use torchrec_me's fused dense kernels (one-pass CrossNet
+            forward/backward, fused ReLU+Dropout, PyTorch's single-kernel Adam); ``false``
+            runs the plain TorchRec/PyTorch modules with the same math.
     """
 
     backbone: str = "dcnv2"
@@ -94,6 +97,7 @@ class ModelConfig:
     reg_weight: float = 1e-4
     dense_hidden_dims: List[int] = field(default_factory=lambda: [64])
     layout: str = "separate"
+    fused_dense: bool = True
 
     def dims(self) -> List[int]:
         """The embedding dim of each of the K sets."""

@@ -11,7 +11,6 @@ from typing import Any, Dict, Iterable, Optional, Type
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec import optim as trec_optim
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.constants import DDR_CAP, HBM_CAP
@@ -20,23 +19,8 @@ from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from torchrec_me.config import TrainConfig
 from torchrec_me.distributed.cpu_memory import keep_freed_memory
-
-# Fused (in-backward) optimizers of the embedding tables, by config name. TorchRec maps
-# each class to an FBGEMM EmbOptimType (EXACT_ROWWISE_ADAGRAD, EXACT_ADAGRAD, EXACT_SGD,
-# ADAM); FBGEMM's CPU kernels support all but ADAM.
-SPARSE_OPTIMIZER_REGISTRY: Dict[str, Type[torch.optim.Optimizer]] = {
-    "rowwise_adagrad": trec_optim.RowWiseAdagrad,
-    "adagrad": trec_optim.Adagrad,
-    "sgd": trec_optim.SGD,
-    "adam": trec_optim.Adam,
-}
-
 
 @dataclass
 class DistContext:
@@ -78,15 +62,6 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
         device=device,
     )
-
-
-def apply_sparse_optimizer(model: nn.Module, name: str, lr: float) -> None:
-    """Attach the fused optimizer to every EmbeddingBagCollection's tables."""
-    params = [p for m in model.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
-    kwargs: Dict[str, Any] = {"lr": lr}
-    if name == "adam":
-        kwargs["eps"] = 1e-8
-    apply_optimizer_in_backward(SPARSE_OPTIMIZER_REGISTRY[name], params, kwargs)
 
 
 def plan_and_shard(
@@ -174,25 +149,6 @@ def fused_constraints(model: nn.Module) -> Dict[str, ParameterConstraints]:
         if isinstance(m, EmbeddingBagCollection)
         for table in m.embedding_bag_configs()
     }
-
-
-def _fused_adam_ok(params: Iterable[torch.Tensor]) -> bool:
-    """Adam's fused kernel (one pass per tensor: 8.5 -> 2.0 ms for DCNv2-4x's 4.4M dense
-    parameters on 2 CPU cores) takes float tensors on CPU or CUDA."""
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> CombinedOptimizer:
-    """Fused sparse optimizer (already in backward) + Adam over the dense parameters."""
-    dense = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense_opt = KeyedOptimizerWrapper(
-        dense,
-        lambda params: torch.optim.Adam(
-            params, lr=cfg.dense_lr, weight_decay=cfg.dense_weight_decay, fused=_fused_adam_ok(params)
-        ),
-    )
-    fused = getattr(model, "fused_optimizer", None)
-    return CombinedOptimizer([fused, dense_opt] if fused is not None else [dense_opt])
 
 
 def named_sharded_modules(model: nn.Module) -> Iterable["tuple[str, nn.Module]"]:
