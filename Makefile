@@ -1,12 +1,13 @@
-# The two commands of the README: `make train` and `make test`.
-# Both create .venv (Python 3.11 + pip) with the pinned CPU stack on first use;
+# The two commands of the README: `make train` and `make test` (every test; .ci/run calls it),
+# plus `make test-fast`, the fast lane: no `slow` and no `multiprocess` tests (tests/conftest.py).
+# Each creates .venv (Python 3.11 + pip) with the pinned CPU stack on first use;
 # a second run with .venv present only checks its stamp.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test clean-venv
+.PHONY: venv train test test-fast clean-venv
 
 venv: $(STAMP)
 
@@ -23,6 +24,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "not slow and not multiprocess" $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

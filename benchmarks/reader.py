@@ -2,7 +2,7 @@
 
 Writes a synthetic file in Criteo's exact text format (label, I1..I13, C1..C26; Zipf
 tokens over Criteo's vocabulary shapes scaled by ``--vocab-scale``) into a temporary
-directory, prepares it with ``torchrec_me.data.criteo.prepare_criteo`` (the paper's 39
+directory, prepares it with ``torchrec_me.data.prepare.criteo.prepare_criteo`` (the paper's 39
 categorical fields), then measures
 
 * the reader: batches/s of ``ParquetDataset.train_batches`` alone (rank 0 of 1), and
@@ -27,10 +27,13 @@ from typing import Dict
 
 import numpy as np
 
-from torchrec_me.config import DataConfig, load_config
-from torchrec_me.data.criteo import prepare_criteo
+from torchrec_me.atomic import atomic_file
+from torchrec_me.config import DataConfig
+from torchrec_me.data.prepare.common import PrepareOptions
+from torchrec_me.data.prepare.criteo import prepare_criteo
 from torchrec_me.data.parquet import ParquetDataset
 from torchrec_me.data.synthetic import CRITEO_CARDINALITIES
+from torchrec_me.job import load_job_config
 from torchrec_me.train import train
 
 
@@ -38,7 +41,7 @@ def write_raw_criteo(path: Path, rows: int, vocab_scale: float, seed: int = 0) -
     """``rows`` lines of Criteo's format: Zipf 8-hex tokens per C field, skewed ints, some empties."""
     rng = np.random.default_rng(seed)
     int_pool = np.array([""] + [str(v) for v in range(-3, 20000)])
-    with open(path, "w") as f:
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         for lo in range(0, rows, 100_000):
             n = min(100_000, rows - lo)
             cols = [rng.binomial(1, 0.25, n).astype(str)]
@@ -69,7 +72,7 @@ def bench_reader(path: str, batch_size: int, batches: int) -> float:
 
 def bench_train(path: str, batch_size: int, steps: int) -> float:
     """Steps/s of the default model's training on ``path`` (the loop's own timing, no eval)."""
-    cfg = load_config(overrides=[f"data.path={path}", f"train.steps={steps}", f"train.batch_size={batch_size}"])
+    cfg = load_job_config(overrides=[f"data.path={path}", f"train.steps={steps}", f"train.batch_size={batch_size}"])
     metrics = train(cfg, progress=False)
     return metrics["train_samples_per_s"] / batch_size
 
@@ -91,7 +94,7 @@ def main() -> None:
         t0 = time.perf_counter()
         write_raw_criteo(raw, args.rows, args.vocab_scale)
         t1 = time.perf_counter()
-        meta = prepare_criteo(str(raw), str(out), overwrite=True, summary=False)
+        meta = prepare_criteo(str(raw), str(out), PrepareOptions(overwrite=True, summary=False))
         t2 = time.perf_counter()
         prep: Dict[str, float] = {
             "generate_s": t1 - t0, "prepare_s": t2 - t1,

@@ -12,7 +12,8 @@ from torchmetrics.functional.classification import binary_auroc
 from tests.data.rawfiles import criteo_rows, write_criteo
 from tests.multiprocess import run_ranks
 from torchrec_me.cli import main as cli_main
-from torchrec_me.data.criteo import prepare_criteo
+from torchrec_me.data.prepare.common import PrepareOptions
+from torchrec_me.data.prepare.criteo import prepare_criteo
 from torchrec_me.distributed import checkpoint as ckpt
 from torchrec_me.predict import predict
 
@@ -25,7 +26,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     tmp = tmp_path_factory.mktemp("predict")
     raw = write_criteo(tmp / "train.txt", criteo_rows(2010, seed=5))
     data = tmp / "criteo"
-    prepare_criteo(str(raw), str(data), min_count=3, progress=False, summary=False)
+    prepare_criteo(str(raw), str(data), PrepareOptions(progress=False, summary=False), min_count=3)
     run = tmp / "run"
     assert cli_main(["train", f"data.path={data}", *TINY, "--run-dir", str(run), "--no-progress"]) == 0
     return {"data": data, "run": run, "metrics": json.loads((run / "metrics.json").read_text()), "tmp": tmp}
@@ -66,7 +67,7 @@ def test_two_ranks_score_the_same(trained: Dict[str, Any]) -> None:
 def test_mismatched_dataset_is_refused(trained: Dict[str, Any], capsys: pytest.CaptureFixture) -> None:
     other = trained["tmp"] / "other"
     raw = write_criteo(trained["tmp"] / "other.txt", criteo_rows(600, seed=9))
-    prepare_criteo(str(raw), str(other), min_count=2, progress=False, summary=False)
+    prepare_criteo(str(raw), str(other), PrepareOptions(progress=False, summary=False), min_count=2)
     out = trained["tmp"] / "never.parquet"
     argv = ["predict", "--checkpoint", str(trained["run"]), "--data", str(other), "--out", str(out)]
     assert cli_main(argv) == 2

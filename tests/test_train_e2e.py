@@ -41,7 +41,7 @@ def test_metrics(run: Dict[str, Any]) -> None:
     assert json.loads((run["run_dir"] / "metrics.json").read_text()) == metrics
 
 
-def test_run_dir_logs(run: Dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+def test_run_dir_logs(run: Dict[str, Any]) -> None:
     rd = run["run_dir"]
     assert (rd / "config.yaml").exists()
     log = [json.loads(line) for line in (rd / "train_log.jsonl").read_text().splitlines()]

@@ -13,41 +13,25 @@ it (:func:`torchrec_me.analysis.collapse_report`), and writes into ``--out``:
 """
 
 import argparse
-import json
 import sys
-import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import torch
-import torch.distributed as dist
+from typing import Any, Dict, List, Optional, Sequence
 
 from torchrec_me.analysis.frequency import IdFrequencyTracker
 from torchrec_me.analysis.report import collapse_report
-from torchrec_me.config import ConfigError, config_from_dict
-from torchrec_me.data import build_dataset
+from torchrec_me.atomic import write_json_atomic
+from torchrec_me.command import parse_with_overrides, run_command
+from torchrec_me.config import ConfigError
 from torchrec_me.distributed import checkpoint as ckpt
 from torchrec_me.distributed.sharding import DistContext, init_distributed
-
-
-def resolve_checkpoint(path: str) -> Tuple[Path, Optional[Path]]:
-    """(checkpoint dir, run dir or None) for a checkpoint dir or a run dir (its newest)."""
-    p = Path(path)
-    if ckpt.is_complete(p):
-        run = p.parent.parent if p.parent.name == "checkpoints" else None
-        return p, run
-    latest = ckpt.latest_checkpoint(p)
-    if latest is None:
-        raise ConfigError(f"{path!r} is neither a complete checkpoint nor a run dir with one")
-    return latest, p
+from torchrec_me.job import job_from_checkpoint
 
 
 def analyze_checkpoint(path: Path, ctx: DistContext, chunk_rows: int) -> Dict[str, Any]:
     """Collective: the collapse report of one checkpoint, with a ``model`` summary."""
     meta = ckpt.read_meta(path)
-    cfg = config_from_dict(meta["config"], origin=f"{path}/meta.json")
-    dataset = build_dataset(cfg.data)
-    dmp = ckpt.load_sharded_model(path, cfg, dataset, ctx)
+    job = job_from_checkpoint(path, ctx)
+    cfg, dataset, dmp = job.cfg, job.dataset, job.model
     counts = ckpt.read_extra(path).get("id_counts")
     tracker = None
     if counts is not None:
@@ -69,15 +53,9 @@ def analyze_checkpoint(path: Path, ctx: DistContext, chunk_rows: int) -> Dict[st
 def _write_outputs(out: Path, reports: List[Dict[str, Any]], runs: List[Optional[Path]]) -> List[Path]:
     from torchrec_me.analysis import plots
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".ia.json.tmp"
-    tmp.write_text(json.dumps(reports[0], indent=1))
-    tmp.replace(out / "ia.json")
-    written = [out / "ia.json"]
+    written = [write_json_atomic(out / "ia.json", reports[0], indent=1)]
     for i, report in enumerate(reports[1:], start=1):
-        path = out / f"ia_compare{i}.json"
-        path.write_text(json.dumps(report, indent=1))
-        written.append(path)
+        written.append(write_json_atomic(out / f"ia_compare{i}.json", report, indent=1))
     labels = {}
     for r in reports:
         label = r["model"]["label"]
@@ -102,7 +80,7 @@ def _write_outputs(out: Path, reports: List[Dict[str, Any]], runs: List[Optional
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="torchrec-me analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_analyze_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    return run_from_args(parse_with_overrides(parser, argv))
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,26 +93,26 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    warnings.filterwarnings("ignore", message=".*DTensor instead.*")
-    try:
-        sources = [resolve_checkpoint(p) for p in [args.checkpoint or args.run, *args.compare]]
+    def job() -> None:
+        if args.chunk_rows < 1:
+            raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+        sources = [ckpt.resolve_checkpoint(p) for p in [args.checkpoint or args.run, *args.compare]]
         ctx = init_distributed("auto")
         reports = [analyze_checkpoint(path, ctx, args.chunk_rows) for path, _ in sources]
         if ctx.rank == 0:
             for path in _write_outputs(Path(args.out), reports, [run for _, run in sources]):
                 print(f"wrote {path}")
             for r in reports:
-                means = ", ".join(
-                    f"set{s['set']} {s['mean_ia_all_rows']:.2f}/{s['mean_ia_trained_rows'] or float('nan'):.2f}" for s in r["sets"]
-                )
-                print(f"{r['model']['label']} (step {r['model']['step']}): mean IA all/trained rows: {means}")
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"torchrec-me: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+                print(_summary_line(r))
+
+    return run_command(job)
+
+
+def _summary_line(report: Dict[str, Any]) -> str:
+    means = ", ".join(
+        f"set{s['set']} {s['mean_ia_all_rows']:.2f}/{s['mean_ia_trained_rows'] or float('nan'):.2f}" for s in report["sets"]
+    )
+    return f"{report['model']['label']} (step {report['model']['step']}): mean IA all/trained rows: {means}"
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ model exists, with one :class:`ConfigError` naming the key.
 """
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
@@ -50,6 +51,15 @@ class DataConfig:
     teacher_dim: int = 4
     positive_rate: float = 0.25
     val_samples: int = 65536
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first key out of range."""
+        _check_at_least("data", {"val_samples": self.val_samples, "max_cardinality": self.max_cardinality,
+                                 "teacher_dim": self.teacher_dim}, 1)  # fmt: skip
+        _check_finite("data", {"positive_rate": self.positive_rate}, 0.0, 1.0, high_open=True)
+        if self.positive_rate == 0.0:
+            _fail("data.positive_rate", "must be in (0, 1), got 0.0")
+        _check_positive_finite("data", {"cardinality_scale": self.cardinality_scale, "zipf_alpha": self.zipf_alpha})
 
 
 @dataclass
@@ -103,6 +113,32 @@ class ModelConfig:
         """The embedding dim of each of the K sets."""
         return list(self.set_dims) if self.set_dims else [self.embedding_dim] * self.num_sets
 
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first key out of range (registries: see job.py)."""
+        _check_at_least("model", {"num_sets": self.num_sets, "hidden_dim": self.hidden_dim,
+                                  "fs_hidden_dim": self.fs_hidden_dim}, 1)  # fmt: skip
+        _check_at_least("model", {"num_cross_layers": self.num_cross_layers}, 0)
+        if self.set_dims is not None and len(self.set_dims) != self.num_sets:
+            _fail("model.set_dims", f"has {len(self.set_dims)} entries but model.num_sets={self.num_sets}")
+        dim_key = "model.set_dims" if self.set_dims else "model.embedding_dim"
+        for dim in self.dims():
+            if dim <= 0 or dim % 4:
+                _fail(
+                    dim_key,
+                    f"embedding dim {dim} is not a positive multiple of 4; FBGEMM's fused embedding "
+                    "kernels (TBE) require embedding_dim % 4 == 0 (the paper's base dim 10 maps to 12 here)",
+                )
+        if self.shared_interaction and len(set(self.dims())) > 1:
+            _fail("model.shared_interaction", f"a shared interaction needs equal set dims, got {self.dims()}")
+        if not self.cin_layer_sizes or min(self.cin_layer_sizes) < 1:
+            _fail("model.cin_layer_sizes", f"needs one or more positive sizes, got {self.cin_layer_sizes}")
+        if not self.dense_hidden_dims or min(self.dense_hidden_dims) < 1:
+            _fail("model.dense_hidden_dims", f"needs one or more positive sizes, got {self.dense_hidden_dims}")
+        _check_finite("model", {"dropout": self.dropout}, 0.0, 1.0, high_open=True)
+        _check_finite("model", {"reg_weight": self.reg_weight}, 0.0, math.inf, high_open=True)
+        if self.regularizer == "space_similarity" and self.num_sets < 2:
+            _fail("model.regularizer", "space_similarity compares embedding sets and needs model.num_sets >= 2")
+
 
 @dataclass
 class TrainConfig:
@@ -145,6 +181,20 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
 
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first key out of range (device and optimizer
+        availability: see job.py)."""
+        _check_at_least("train", {"steps": self.steps, "batch_size": self.batch_size,
+                                  "eval_batch_size": self.eval_batch_size, "log_every": self.log_every,
+                                  "early_stop_patience": self.early_stop_patience,
+                                  "keep_checkpoints": self.keep_checkpoints}, 1)  # fmt: skip
+        _check_at_least("train", {"eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every,
+                                  "ia_every": self.ia_every, "seed": self.seed}, 0)  # fmt: skip
+        _check_positive_finite("train", {"dense_lr": self.dense_lr, "sparse_lr": self.sparse_lr})
+        _check_finite("train", {"dense_weight_decay": self.dense_weight_decay}, 0.0, math.inf, high_open=True)
+        if self.device not in DEVICES:
+            _fail("train.device", f"must be one of {', '.join(DEVICES)}; got {self.device!r}")
+
 
 @dataclass
 class Config:
@@ -155,137 +205,39 @@ class Config:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Validate every section; rules across sections and registries live in job.py."""
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
 
-SPARSE_OPTIMIZERS_CPU = ("rowwise_adagrad", "adagrad", "sgd")
-SPARSE_OPTIMIZERS = SPARSE_OPTIMIZERS_CPU + ("adam",)
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _fail(key: str, msg: str) -> None:
     raise ConfigError(f"config key '{key}': {msg}")
 
 
-def validate(cfg: Config) -> None:
-    """Check values that are well-typed but unusable; raise one ConfigError."""
-    m, t, d = cfg.model, cfg.train, cfg.data
-    if m.num_sets < 1:
-        _fail("model.num_sets", f"must be >= 1, got {m.num_sets}")
-    if m.set_dims is not None and len(m.set_dims) != m.num_sets:
-        _fail(
-            "model.set_dims",
-            f"has {len(m.set_dims)} entries but model.num_sets={m.num_sets}",
-        )
-    dim_key = "model.set_dims" if m.set_dims else "model.embedding_dim"
-    for dim in m.dims():
-        if dim <= 0 or dim % 4:
-            _fail(
-                dim_key,
-                f"embedding dim {dim} is not a positive multiple of 4; FBGEMM's fused "
-                "embedding kernels (TBE) require embedding_dim % 4 == 0 "
-                "(the paper's base dim 10 maps to 12 here)",
-            )
-    for key, value in (
-        ("model.hidden_dim", m.hidden_dim),
-        ("train.steps", t.steps),
-        ("train.batch_size", t.batch_size),
-        ("train.eval_batch_size", t.eval_batch_size),
-        ("train.log_every", t.log_every),
-        ("train.early_stop_patience", t.early_stop_patience),
-        ("train.keep_checkpoints", t.keep_checkpoints),
-        ("data.val_samples", d.val_samples),
-        ("data.max_cardinality", d.max_cardinality),
-        ("data.teacher_dim", d.teacher_dim),
-    ):
-        if value < 1:
-            _fail(key, f"must be >= 1, got {value}")
-    if m.shared_interaction and len(set(m.dims())) > 1:
-        _fail("model.shared_interaction", f"a shared interaction needs equal set dims, got {m.dims()}")
-    if not m.cin_layer_sizes or min(m.cin_layer_sizes) < 1:
-        _fail("model.cin_layer_sizes", f"needs one or more positive sizes, got {m.cin_layer_sizes}")
-    if m.fs_hidden_dim < 1:
-        _fail("model.fs_hidden_dim", f"must be >= 1, got {m.fs_hidden_dim}")
-    from torchrec_me.modules.regularizers import REGULARIZER_REGISTRY
+def _check_at_least(section: str, values: Mapping[str, Any], minimum: int) -> None:
+    for name, value in values.items():
+        if value < minimum:
+            _fail(f"{section}.{name}", f"must be >= {minimum}, got {value}")
 
-    if m.regularizer != "none" and m.regularizer not in REGULARIZER_REGISTRY:
-        _fail(
-            "model.regularizer",
-            f"unknown regulariser {m.regularizer!r}; choose none or {', '.join(sorted(REGULARIZER_REGISTRY))}",
-        )
-    if m.regularizer == "space_similarity" and m.num_sets < 2:
-        _fail("model.regularizer", "space_similarity compares embedding sets and needs model.num_sets >= 2")
-    for key, value in (
-        ("train.eval_every", t.eval_every),
-        ("train.checkpoint_every", t.checkpoint_every),
-        ("train.ia_every", t.ia_every),
-    ):
-        if value < 0:
-            _fail(key, f"must be >= 0 (0 means only at the end), got {value}")
-    if m.num_cross_layers < 0:
-        _fail("model.num_cross_layers", f"must be >= 0, got {m.num_cross_layers}")
-    if not 0.0 <= m.dropout < 1.0:
-        _fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
-    if not 0.0 < d.positive_rate < 1.0:
-        _fail("data.positive_rate", f"must be in (0, 1), got {d.positive_rate}")
-    if d.cardinality_scale <= 0:
-        _fail("data.cardinality_scale", f"must be > 0, got {d.cardinality_scale}")
-    if t.device not in ("auto", "cpu", "cuda"):
-        _fail("train.device", f"must be one of auto, cpu, cuda; got {t.device!r}")
-    if t.sparse_optimizer not in SPARSE_OPTIMIZERS:
-        _fail(
-            "train.sparse_optimizer",
-            f"unknown optimizer {t.sparse_optimizer!r}; choose one of "
-            f"{', '.join(SPARSE_OPTIMIZERS)} (adam is GPU-only in FBGEMM)",
-        )
-    if t.device == "cpu" and t.sparse_optimizer not in SPARSE_OPTIMIZERS_CPU:
-        _fail(
-            "train.sparse_optimizer",
-            f"{t.sparse_optimizer!r} has no CPU kernel in FBGEMM; on CPU choose one of "
-            f"{', '.join(SPARSE_OPTIMIZERS_CPU)}",
-        )
-    from torchrec_me.modules.layouts import ELEMENTWISE_SPARSE_OPTIMIZERS, LAYOUT_REGISTRY
 
-    layout = LAYOUT_REGISTRY.get(m.layout)
-    if layout is None:
-        _fail("model.layout", f"unknown layout {m.layout!r}; choose one of {', '.join(LAYOUT_REGISTRY)}")
-    if layout.elementwise_optimizer_only and m.num_sets > 1 and t.sparse_optimizer not in ELEMENTWISE_SPARSE_OPTIMIZERS:
-        _fail(
-            "model.layout",
-            f"{m.layout!r} shares each table row across the K sets, so the row-wise optimizer "
-            f"train.sparse_optimizer={t.sparse_optimizer} would share one state across sets and change "
-            f"the model; use an element-wise one ({', '.join(ELEMENTWISE_SPARSE_OPTIMIZERS)}) or "
-            "model.layout=separate/grouped",
-        )
-    if not layout.per_set_tables and t.ia_every:
-        _fail(
-            "model.layout",
-            f"{m.layout!r} has no per-set tables, which the collapse analysis (train.ia_every) needs; "
-            "use model.layout=separate or grouped",
-        )
-    # Late import: the model registry imports torch, which config users may not need.
-    from torchrec_me.models import MODEL_REGISTRY
+def _check_finite(section: str, values: Mapping[str, float], low: float, high: float, high_open: bool = False) -> None:
+    """Each value finite and in ``[low, high]`` (``[low, high)`` with ``high_open``)."""
+    for name, value in values.items():
+        ok = math.isfinite(value) and low <= value and (value < high if high_open else value <= high)
+        if not ok:
+            bracket = ")" if high_open else "]"
+            _fail(f"{section}.{name}", f"must be a finite number in [{low:g}, {high:g}{bracket}, got {value!r}")
 
-    if m.backbone not in MODEL_REGISTRY:
-        _fail(
-            "model.backbone",
-            f"unknown backbone {m.backbone!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}",
-        )
-    from torchrec_me.data import DATASET_REGISTRY
 
-    if d.name not in DATASET_REGISTRY:
-        _fail(
-            "data.name",
-            f"unknown dataset {d.name!r}; registered: {', '.join(sorted(DATASET_REGISTRY))}",
-        )
-    if d.path is not None and d.name == "synthetic":
-        d.name = "parquet"  # a path alone means a prepared dataset
-    if d.name == "parquet":
-        from torchrec_me.data.store import DatasetError, load_metadata
-
-        if not d.path:
-            _fail("data.path", "data.name=parquet needs data.path=DIR, a dataset written by `torchrec-me prepare`")
-        try:
-            load_metadata(d.path)
-        except DatasetError as e:
-            _fail("data.path", str(e))
+def _check_positive_finite(section: str, values: Mapping[str, float]) -> None:
+    for name, value in values.items():
+        if not (math.isfinite(value) and value > 0):
+            _fail(f"{section}.{name}", f"must be a finite number > 0, got {value!r}")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -320,24 +272,27 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
-def apply_preset(cfg: Config, name: Any) -> None:
-    """``model=NAME``: set the model fields of a registered preset (e.g. ``dcnv2-me-4x``)."""
-    from torchrec_me.models import PRESET_REGISTRY
+Presets = Mapping[str, Mapping[str, Any]]
 
-    if not isinstance(name, str) or name not in PRESET_REGISTRY:
-        backbones = sorted({p.rsplit("-", 2)[0] for p in PRESET_REGISTRY})
+
+def apply_preset(cfg: Config, name: Any, presets: Optional[Presets]) -> None:
+    """``model=NAME``: set the model fields of preset ``NAME`` from ``presets``."""
+    if presets is None:
+        _fail("model", "model=NAME presets need the preset registry; load configs with torchrec_me.job.load_job_config")
+    if not isinstance(name, str) or name not in presets:
+        backbones = sorted({p.rsplit("-", 2)[0] for p in presets})
         _fail(
             "model",
-            f"unknown preset {name!r}; presets are BACKBONE-{{se,me}}-{{1,2,3,4,10}}x with BACKBONE in "
-            f"{', '.join(backbones)}, e.g. dcnv2-me-4x",
+            f"unknown preset {name!r}; presets are BACKBONE-se-{{1,2,3,4,10}}x or BACKBONE-me-{{2,3,4,10}}x "
+            f"(ME-1x is SE-1x: use BACKBONE-se-1x) with BACKBONE in {', '.join(backbones)}, e.g. dcnv2-me-4x",
         )
-    for key, value in PRESET_REGISTRY[name].items():
+    for key, value in presets[name].items():
         setattr(cfg.model, key, value)
 
 
-def _set(cfg: Config, key: str, value: Any) -> None:
+def _set(cfg: Config, key: str, value: Any, presets: Optional[Presets]) -> None:
     if key == "model":
-        apply_preset(cfg, value)
+        apply_preset(cfg, value, presets)
         return
     parts = key.split(".")
     if len(parts) != 2 or parts[0] not in {f.name for f in dataclasses.fields(Config)}:
@@ -351,15 +306,34 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     setattr(section, parts[1], _coerce(key, value, hints[parts[1]]))
 
 
-def _apply_mapping(cfg: Config, mapping: Mapping[str, Any], origin: str) -> None:
+def _apply_mapping(cfg: Config, mapping: Mapping[str, Any], origin: str, presets: Optional[Presets]) -> None:
     for section, values in mapping.items():
         if section == "model" and isinstance(values, str):
-            apply_preset(cfg, values)
+            apply_preset(cfg, values, presets)
             continue
         if not isinstance(values, Mapping):
             _fail(str(section), f"in {origin}: expected a mapping of keys, got {values!r}")
         for name, value in values.items():
-            _set(cfg, f"{section}.{name}", value)
+            _set(cfg, f"{section}.{name}", value, presets)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that floats may be written as people write
+    them: ``1e-3``, ``1E-4``, ``.5`` and ``5e2`` (PyYAML's resolver needs ``1.0e-3``)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),  # fmt: skip
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML with :class:`_Loader` (the one place numbers are read)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def parse_override(text: str) -> "tuple[str, Any]":
@@ -368,40 +342,62 @@ def parse_override(text: str) -> "tuple[str, Any]":
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.num_sets=1")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw) if raw else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"config key '{key}': value {raw!r} is not valid YAML ({e})")
     return key.strip(), value
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Build a validated Config from defaults, an optional YAML file and overrides."""
+def parse_config(
+    text: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    presets: Optional[Presets] = None,
+    origin: str = "config",
+) -> Config:
+    """A validated Config from defaults, YAML ``text`` (read by the caller) and overrides."""
     cfg = Config()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {path!r} does not exist")
+    if text is not None:
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = load_yaml(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {e}")
+            raise ConfigError(f"config file {origin!r} is not valid YAML: {e}")
         if loaded is not None:
             if not isinstance(loaded, Mapping):
-                raise ConfigError(f"config file {path!r}: top level must be a mapping")
-            _apply_mapping(cfg, loaded, path)
-    for text in overrides:
-        key, value = parse_override(text)
-        _set(cfg, key, value)
-    validate(cfg)
+                raise ConfigError(f"config file {origin!r}: top level must be a mapping")
+            _apply_mapping(cfg, loaded, origin, presets)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set(cfg, key, value, presets)
+    cfg.validate()
     return cfg
 
 
 def config_from_dict(mapping: Mapping[str, Any], origin: str = "saved config") -> Config:
     """A validated Config from ``Config.to_dict()`` output (e.g. a checkpoint's meta)."""
     cfg = Config()
-    _apply_mapping(cfg, mapping, origin)
-    validate(cfg)
+    _apply_mapping(cfg, mapping, origin, None)
+    cfg.validate()
     return cfg
+
+
+# Keys a resumed run may change: how long it runs, how often it pauses, what it logs.
+# Every other key describes the model, the data or the optimisation, and a resume with
+# another value would silently train something else.
+RESUMABLE_KEYS = frozenset({
+    "train.steps", "train.eval_every", "train.eval_batch_size", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.log_every", "train.ia_every", "train.early_stop_patience",
+})  # fmt: skip
+
+
+def changed_keys(saved: Mapping[str, Any], cfg: Config) -> List[str]:
+    """``SECTION.NAME`` keys whose value in ``cfg`` differs from the ``saved`` dict
+    (``Config.to_dict()`` of a checkpoint), excluding :data:`RESUMABLE_KEYS`."""
+    now = cfg.to_dict()
+    keys = {f"{sec}.{name}" for part in (saved, now) for sec, values in part.items() for name in values}
+    def get(d: Mapping[str, Any], key: str) -> Any:
+        sec, _, name = key.partition(".")
+        return d.get(sec, {}).get(name, "<absent>")
+    return sorted(k for k in keys - RESUMABLE_KEYS if get(saved, k) != get(now, k))
 
 
 def dump_config(cfg: Config) -> str:

@@ -16,37 +16,24 @@ equals the ``test_auc`` that training reported for the same checkpoint.
 """
 
 import argparse
-import os
 import sys
-import warnings
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.distributed as dist
 from torchmetrics.functional.classification import binary_auroc
 
-from torchrec_me.analyze import resolve_checkpoint
-from torchrec_me.config import ConfigError, config_from_dict
-from torchrec_me.data import build_dataset
-from torchrec_me.data.store import DatasetError
+from torchrec_me.atomic import atomic_file
+from torchrec_me.command import parse_with_overrides, run_command
+from torchrec_me.config import ConfigError
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.distributed.sharding import DistContext, init_distributed
-from torchrec_me.train import gather_cat
+from torchrec_me.distributed.sharding import DistContext
+from torchrec_me.evaluation import score_split
+from torchrec_me.job import job_from_checkpoint
+from torchrec_me.run_dir import check_output_file
 
-
-def _check_compatible(trained: Any, scored: Any, data: str) -> None:
-    """The dataset must have the tables the checkpoint was trained with."""
-    a = list(zip(trained.feature_names, trained.num_embeddings))
-    b = list(zip(scored.feature_names, scored.num_embeddings))
-    if a != b or trained.num_dense != scored.num_dense:
-        raise ConfigError(
-            f"--data {data!r} does not match the checkpoint's dataset: its features/vocabulary sizes "
-            f"{b[:3]}... (and {scored.num_dense} dense) differ from the trained {a[:3]}... "
-            f"(and {trained.num_dense} dense); score data prepared with the same vocabularies"
-        )
+SPLITS = ("train", "val", "test")
 
 
 def predict(
@@ -57,51 +44,30 @@ def predict(
 
     Returns ``{"auc", "rows", "checkpoint", "split"}`` on every rank.
     """
-    path, _ = resolve_checkpoint(checkpoint)
-    ctx = ctx or init_distributed("auto")
-    cfg = config_from_dict(ckpt.read_meta(path)["config"], origin=f"{path}/{ckpt.META}")
-    trained = build_dataset(cfg.data)
-    cfg.data.name, cfg.data.path = "parquet", data
-    try:
-        dataset = build_dataset(cfg.data)
-    except DatasetError as e:
-        raise ConfigError(f"--data: {e}") from e
-    _check_compatible(trained, dataset, data)
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    batch_size = batch_size or cfg.train.eval_batch_size
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    check_output_file(out, "--out")
+    path, _ = ckpt.resolve_checkpoint(checkpoint)
+    job = job_from_checkpoint(path, ctx, data_path=data)
+    scores = score_split(job.model, job.dataset, job.ctx, batch_size or job.cfg.train.eval_batch_size, split)
+    if job.ctx.rank == 0:
+        _write_scores(out, scores.rows, scores.labels, scores.logits)
+    auc = float(binary_auroc(torch.sigmoid(scores.logits), scores.labels.long()))
+    return {"auc": auc, "rows": int(scores.rows.numel()), "checkpoint": str(path), "split": split}
 
-    dmp = ckpt.load_sharded_model(path, cfg, dataset, ctx)
-    dmp.eval()
 
-    rows, logits, labels = [], [], []
-    ranges = dataset.eval_ranges(split, ctx.rank, ctx.world_size, batch_size)
-    for (batch, _, real), (lo, hi, _) in zip(dataset.eval_batches(split, ctx.rank, ctx.world_size, batch_size), ranges):
-        with torch.no_grad():
-            _, (_, batch_logits, batch_labels) = dmp(batch.to(ctx.device))
-        if real:
-            rows.append(torch.arange(lo, hi, device=ctx.device))
-            logits.append(batch_logits.float())
-            labels.append(batch_labels.float())
-    empty = torch.zeros(0, device=ctx.device)
-    all_rows = gather_cat(torch.cat(rows) if rows else empty.long())
-    all_logits = gather_cat(torch.cat(logits) if logits else empty)
-    all_labels = gather_cat(torch.cat(labels) if labels else empty)
-    auc = float(binary_auroc(torch.sigmoid(all_logits), all_labels.long()))
-    if ctx.rank == 0:
-        order = torch.argsort(all_rows)
-        table = pa.table({
-            "row": pa.array(all_rows[order].cpu().numpy()),
-            "label": pa.array(all_labels[order].cpu().numpy().astype("int8")),
-            "logit": pa.array(all_logits[order].cpu().numpy()),
-            "score": pa.array(torch.sigmoid(all_logits[order]).cpu().numpy()),
-        })  # fmt: skip
-        target = Path(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+def _write_scores(out: str, rows: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
+    order = torch.argsort(rows)
+    table = pa.table({
+        "row": pa.array(rows[order].cpu().numpy()),
+        "label": pa.array(labels[order].cpu().numpy().astype("int8")),
+        "logit": pa.array(logits[order].cpu().numpy()),
+        "score": pa.array(torch.sigmoid(logits[order]).cpu().numpy()),
+    })  # fmt: skip
+    with atomic_file(out) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, target)
-    return {"auc": auc, "rows": int(all_rows.numel()), "checkpoint": str(path), "split": split}
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,26 +79,20 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    warnings.filterwarnings("ignore", message=".*DTensor instead.*")
-    try:
+    def job() -> None:
         result = predict(args.checkpoint, args.data, args.out, args.split, args.batch_size)
-        if dist.get_rank() == 0:
+        if torch.distributed.get_rank() == 0:
             print(f"scored {result['rows']} {result['split']} rows with {result['checkpoint']}: "
                   f"auc {result['auc']:.4f} -> {args.out}")  # fmt: skip
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
-        print(f"torchrec-me: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+
+    return run_command(job)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="torchrec-me predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_predict_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    return run_from_args(parse_with_overrides(parser, argv))
 
 
 if __name__ == "__main__":

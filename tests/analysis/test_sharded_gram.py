@@ -36,13 +36,10 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from torchrec_me.analysis import IdFrequencyTracker, collapse_report, gram_matrices
-    from torchrec_me.distributed.sharding import (
-        apply_sparse_optimizer,
-        init_distributed,
-        load_unsharded_state_dict,
-        plan_and_shard,
-    )
+    from torchrec_me.distributed.optimizers import apply_sparse_optimizer
+    from torchrec_me.distributed.sharding import init_distributed, load_unsharded_state_dict, plan_and_shard
     from torchrec_me.modules.multi_embedding import MultiEmbeddingBagCollection
+    from torchrec_me.modules.naming import set_table_name
 
     ctx = init_distributed("cpu")
     torch.manual_seed(0)
@@ -57,7 +54,7 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     module = MultiEmbeddingBagCollection(FIELDS, ROWS, [DIM] * 3, device=torch.device("meta"))
     apply_sparse_optimizer(module, "sgd", 0.1)
     constraints = {
-        f"set{k}__{f}": ParameterConstraints(sharding_types=[st], compute_kernels=["fused"], min_partition=mp)
+        set_table_name(k, f): ParameterConstraints(sharding_types=[st], compute_kernels=["fused"], min_partition=mp)
         for k, (st, mp) in enumerate(zip(SET_SHARDING, MIN_PARTITION))
         for f in FIELDS
     }
@@ -74,7 +71,7 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
         )
     report = collapse_report(dmp, tracker, chunk_rows=CHUNK_ROWS)  # syncs the tracker itself
     synced = tracker.synced()
-    groups = {f: [f"set{k}__{f}" for k in range(3)] for f in FIELDS}
+    groups = {f: [set_table_name(k, f) for k in range(3)] for f in FIELDS}
     grams = gram_matrices(
         dmp,
         groups,

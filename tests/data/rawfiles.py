@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from torchrec_me.data.avazu import COLUMNS as AVAZU_COLUMNS
+from torchrec_me.data.prepare.avazu import COLUMNS as AVAZU_COLUMNS
 
 Rows = List[List[str]]
 

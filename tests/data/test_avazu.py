@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tests.data.rawfiles import avazu_rows, write_avazu
-from torchrec_me.data.avazu import COLUMNS, prepare_avazu
-from torchrec_me.data.prepare import split_assignment
+from torchrec_me.data.prepare.avazu import COLUMNS, prepare_avazu
+from torchrec_me.data.prepare.common import PrepareOptions, split_assignment
 
 N = 1200
 
@@ -27,7 +27,7 @@ def test_tokens_threshold_and_dropped_id(tmp_path: Path) -> None:
     rows = _rows()
     bad = [(7, ",".join(["1", "0", "14102x00"] + ["a"] * 21)), (50, "1,0,14102100")]
     raw = write_avazu(tmp_path / "train.csv", rows, bad)
-    meta = prepare_avazu(str(raw), str(tmp_path / "o"), row_group_size=64, progress=False, summary=False)
+    meta = prepare_avazu(str(raw), str(tmp_path / "o"), PrepareOptions(row_group_size=64, progress=False, summary=False))
     assert meta["rows"] == {"input": N + 2, "kept": N, "skipped": 2}
     assert meta["skipped"]["by_reason"] == {"hour not YYMMDDHH": 1, "wrong column count (expected 24)": 1}
     names = [f["name"] for f in meta["sparse_features"]]
@@ -50,7 +50,8 @@ def test_hour_features(tmp_path: Path) -> None:
     rows = _rows()
     raw = write_avazu(tmp_path / "train.csv", rows)
     meta = prepare_avazu(
-        str(raw), str(tmp_path / "o"), hour_features=True, min_count=1, split="time", progress=False, summary=False
+        str(raw), str(tmp_path / "o"), PrepareOptions(split="time", progress=False, summary=False),
+        hour_features=True, min_count=1,
     )
     names = [f["name"] for f in meta["sparse_features"]]
     assert names[:2] == ["hour_of_day", "weekday"] and "hour" not in names

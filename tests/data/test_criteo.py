@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.data.rawfiles import criteo_rows, write_criteo
-from torchrec_me.data.criteo import prepare_criteo
-from torchrec_me.data.prepare import split_assignment, split_sizes
+from torchrec_me.data.prepare.common import PrepareOptions, split_assignment, split_sizes
+from torchrec_me.data.prepare.criteo import bin_int, prepare_criteo
 
 N = 2400
 BAD = [  # (position among the lines, text, reason)
@@ -48,7 +48,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     tmp = tmp_path_factory.mktemp("criteo")
     rows = _rows()
     raw = write_criteo(tmp / "train.txt", rows, [(p, t) for p, t, _ in BAD])
-    meta = prepare_criteo(str(raw), str(tmp / "out"), row_group_size=100, progress=False, summary=False)
+    meta = prepare_criteo(str(raw), str(tmp / "out"), PrepareOptions(row_group_size=100, progress=False, summary=False))
     return {"tmp": tmp, "rows": rows, "meta": meta, "out": tmp / "out"}
 
 
@@ -108,8 +108,6 @@ def test_binning_edges() -> None:
     assert [expected_int_token(v) for v in ("", "-3", "0", "1", "2", "3", "7", "100")] == [
         "NULL", "-5", "-2", "-1", "0", "1", "3", "21",
     ]  # fmt: skip
-    from torchrec_me.data.criteo import bin_int
-
     for v in ["", *map(str, range(-5, 3000))]:
         assert bin_int(v) == expected_int_token(v)
 
@@ -117,7 +115,8 @@ def test_binning_edges() -> None:
 def test_dense_log_convention(tmp_path: Path) -> None:
     rows = criteo_rows(400, seed=2)
     raw = write_criteo(tmp_path / "t.txt", rows)
-    meta = prepare_criteo(str(raw), str(tmp_path / "o"), dense_log=True, split="time", progress=False, summary=False)
+    options = PrepareOptions(split="time", progress=False, summary=False)
+    meta = prepare_criteo(str(raw), str(tmp_path / "o"), options, dense_log=True)
     assert meta["dense_features"] == [f"I{i}" for i in range(1, 14)]
     assert [f["name"] for f in meta["sparse_features"]] == [f"C{i}" for i in range(1, 27)]
     train = _split_rows(tmp_path / "o", "train")  # time split: the first 80% rows, in order
@@ -125,3 +124,15 @@ def test_dense_log_convention(tmp_path: Path) -> None:
         want = [math.log(1 + max(int(r[1 + j]), 0)) if r[1 + j] else 0.0 for r in rows[:320]]
         np.testing.assert_allclose(train[f"I{j + 1}"], want, rtol=1e-6)
     np.testing.assert_array_equal(_split_rows(tmp_path / "o", "test")["label"], [int(r[0]) for r in rows[360:]])
+
+
+@pytest.mark.parametrize("first", ["", "2\t5", "\t".join(["x"] + [""] * 39)])
+def test_labels_survive_a_bad_first_line(tmp_path: Path, first: str) -> None:
+    """A malformed line before a block's first click must not shift the other rows' labels."""
+    rows = criteo_rows(300, seed=3)
+    raw = write_criteo(tmp_path / "t.txt", rows, [(0, first)])
+    options = PrepareOptions(split="time", progress=False, summary=False)
+    meta = prepare_criteo(str(raw), str(tmp_path / "o"), options, min_count=1)
+    assert meta["rows"]["skipped"] == 1
+    labels = np.concatenate([_split_rows(tmp_path / "o", s)["label"] for s in ("train", "val", "test")])
+    np.testing.assert_array_equal(labels, [int(r[0]) for r in rows])

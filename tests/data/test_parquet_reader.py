@@ -7,17 +7,20 @@ from typing import Dict, List
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torchrec.datasets.utils import Batch
 
 from torchrec_me.analysis.frequency import IdFrequencyTracker
-from torchrec_me.config import DataConfig, load_config
+from torchrec_me.config import DataConfig
 from torchrec_me.data.blocks import IdOutOfRangeError
 from torchrec_me.data.parquet import ParquetDataset
-from torchrec_me.data.prepare import FeatureSpec, split_sizes, write_tables
-from torchrec_me.data.vocab import Vocab
+from torchrec_me.data.prepare.common import FeatureSpec, split_sizes
+from torchrec_me.data.prepare.output import write_tables
+from torchrec_me.data.prepare.vocab import Vocab
 from torchrec_me.data.store import DatasetError
+from torchrec_me.job import dataset_config, load_job_config
 
 N = 1000  # rows; feature "row" holds each row's own index
 FEATURES = [
@@ -128,27 +131,45 @@ def test_eval_covers_the_split_once_with_equal_batches_on_all_ranks(
     assert all(prob is None for batches in per_rank for _, prob, _ in batches)
 
 
+def _copy_with(dataset_dir: Path, dest: Path, split: str, write_statistics: bool = True, **columns: np.ndarray) -> Path:
+    """A copy of the dataset whose ``split`` file has ``columns`` replaced."""
+    shutil.copytree(dataset_dir, dest)
+    table = pq.read_table(dest / f"{split}.parquet")
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.int32()))
+    pq.write_table(table, dest / f"{split}.parquet", row_group_size=37, write_statistics=write_statistics)
+    return dest
+
+
 def test_out_of_range_ids_are_refused(dataset_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(dataset_dir, bad)
     meta = json.loads((bad / "metadata.json").read_text())
-    meta["sparse_features"][1]["vocab_size"] = 3  # tags has ids up to 4
+    meta["sparse_features"][1]["vocab_size"] = 3  # tags has 5 tokens and ids up to 4
     (bad / "metadata.json").write_text(json.dumps(meta))
-    ds = ParquetDataset(DataConfig(name="parquet", path=str(bad)))
-    with pytest.raises(IdOutOfRangeError, match=r"feature 'tags' has id [34] outside its table \[0, 3\) in .*train.parquet row group"):
-        next(iter(ds.train_batches(0, 1, 8, 0, 1)))
-    with pytest.raises(IdOutOfRangeError, match="feature 'tags'"):
-        list(ds.eval_batches("test", 0, 1, 8))
+    with pytest.raises(DatasetError, match="has 5 tokens of feature 'tags', metadata.json says vocab_size 3"):
+        ParquetDataset(DataConfig(name="parquet", path=str(bad)))
+
+    cat = np.arange(100) % 3
+    cat[57] = 7  # the val split: ids beyond the table of 'cat', vocabulary intact
+    stats = _copy_with(dataset_dir, tmp_path / "stats", "val", cat=cat)
+    with pytest.raises(IdOutOfRangeError, match=r"feature 'cat' has ids up to 7 .*val.parquet row group 1, outside its table \[0, 4\)"):
+        ParquetDataset(DataConfig(name="parquet", path=str(stats)))  # from the footer, before any batch
+    no_stats = _copy_with(dataset_dir, tmp_path / "no_stats", "val", write_statistics=False, cat=cat)
+    ds = ParquetDataset(DataConfig(name="parquet", path=str(no_stats)))
+    with pytest.raises(IdOutOfRangeError, match=r"feature 'cat' has id 7 outside its table \[0, 4\) in .*val.parquet row group 1"):
+        list(ds.eval_batches("val", 0, 1, 8))  # as the row group is decoded
+
     good = next(iter(ParquetDataset(DataConfig(name="parquet", path=str(dataset_dir))).train_batches(0, 1, 64, 0, 1)))
-    tracker = IdFrequencyTracker(dict(zip(ds.feature_names, ds.num_embeddings)))
+    tracker = IdFrequencyTracker({"row": N + 1, "tags": 3, "cat": 4})
     with pytest.raises(ValueError, match=r"feature 'tags': id [34] outside \[0, 3\)"):
         tracker.update(good.sparse_features)
 
 
 def test_uri_config_and_errors(dataset_dir: Path) -> None:
-    cfg = load_config(overrides=[f"data.path=file://{dataset_dir}"])
-    assert cfg.data.name == "parquet"  # a path alone selects the prepared dataset
-    ds = ParquetDataset(cfg.data)
+    data = dataset_config(load_job_config(overrides=[f"data.path=file://{dataset_dir}"]).data)
+    assert data.name == "parquet"  # a path alone selects the prepared dataset
+    ds = ParquetDataset(data)
     assert len(list(ds.eval_batches("test", 0, 1, 1000))) == 1
     with pytest.raises(DatasetError, match="fewer than the 40 ranks"):
         ds.train_batches(0, 40, 8, 0, 1)

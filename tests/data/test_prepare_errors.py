@@ -7,16 +7,17 @@ import pytest
 
 from tests.data.rawfiles import avazu_rows, criteo_rows, write_avazu, write_criteo, write_lines
 from torchrec_me.cli import main as cli_main
-from torchrec_me.config import ConfigError, load_config
-from torchrec_me.data import prepare as prepare_module
-from torchrec_me.data.avazu import prepare_avazu
-from torchrec_me.data.criteo import prepare_criteo
-from torchrec_me.data.prepare import PrepareError
+from torchrec_me.config import ConfigError
+from torchrec_me.data.prepare.avazu import prepare_avazu
+from torchrec_me.data.prepare.common import PrepareError, PrepareOptions
+from torchrec_me.data.prepare.criteo import prepare_criteo
+from torchrec_me.data.prepare.output import SplitWriter
 from torchrec_me.data.store import DatasetError, load_metadata
+from torchrec_me.job import load_job_config
 
 
 def _prepare(raw: Path, out: Path, **kw) -> dict:
-    return prepare_criteo(str(raw), str(out), progress=False, summary=False, **kw)
+    return prepare_criteo(str(raw), str(out), PrepareOptions(progress=False, summary=False, **kw))
 
 
 def test_empty_file(tmp_path: Path) -> None:
@@ -53,10 +54,10 @@ def test_more_than_one_percent_bad_lines(tmp_path: Path) -> None:
 def test_avazu_wrong_header(tmp_path: Path) -> None:
     raw = write_lines(tmp_path / "a.csv", ["1,0,14102100"], header="id,click,hour")
     with pytest.raises(PrepareError, match="expected the header 'id,click,hour,C1,banner_pos"):
-        prepare_avazu(str(raw), str(tmp_path / "o"), progress=False)
+        prepare_avazu(str(raw), str(tmp_path / "o"), PrepareOptions(progress=False))
     only_header = write_avazu(tmp_path / "h.csv", [])
     with pytest.raises(PrepareError, match="has no valid avazu rows"):
-        prepare_avazu(str(only_header), str(tmp_path / "o"), progress=False)
+        prepare_avazu(str(only_header), str(tmp_path / "o"), PrepareOptions(progress=False))
 
 
 def test_existing_output_and_overwrite(tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ def test_existing_output_and_overwrite(tmp_path: Path) -> None:
 def test_crash_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = write_criteo(tmp_path / "c.txt", criteo_rows(3000))
     calls = []
-    real_write = prepare_module.SplitWriter.write
+    real_write = SplitWriter.write
 
     def failing_write(self, table):  # type: ignore[no-untyped-def]
         calls.append(table.num_rows)
@@ -80,7 +81,7 @@ def test_crash_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
             raise OSError("disk full (simulated)")
         real_write(self, table)
 
-    monkeypatch.setattr(prepare_module.SplitWriter, "write", failing_write)
+    monkeypatch.setattr(SplitWriter, "write", failing_write)
     with pytest.raises(OSError, match="simulated"):
         _prepare(raw, tmp_path / "o", block_size=1 << 16)  # several blocks: the crash is mid-way
     assert len(calls) == 4
@@ -94,9 +95,9 @@ def test_killed_run_leftover_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no metadata.json"):
         load_metadata(str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="config key 'data.path'.*no metadata.json"):
-        load_config(overrides=[f"data.path={tmp_path / 'o'}"])
+        load_job_config(overrides=[f"data.path={tmp_path / 'o'}"])
     with pytest.raises(ConfigError, match="config key 'data.path': data.name=parquet needs data.path"):
-        load_config(overrides=["data.name=parquet"])
+        load_job_config(overrides=["data.name=parquet"])
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

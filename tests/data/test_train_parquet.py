@@ -10,8 +10,9 @@ import torch.distributed as dist
 from tests.data.rawfiles import criteo_rows, write_criteo
 from tests.multiprocess import run_ranks
 from torchrec_me.cli import main as cli_main
-from torchrec_me.config import load_config
-from torchrec_me.data.criteo import prepare_criteo
+from torchrec_me.data.prepare.common import PrepareOptions
+from torchrec_me.data.prepare.criteo import prepare_criteo
+from torchrec_me.job import load_job_config
 from torchrec_me.train import train
 
 TINY = ["model.num_sets=2", "model.hidden_dim=16", "train.steps=5", "train.batch_size=64", "train.log_every=5"]
@@ -21,7 +22,8 @@ TINY = ["model.num_sets=2", "model.hidden_dim=16", "train.steps=5", "train.batch
 def criteo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("train")
     raw = write_criteo(tmp / "train.txt", criteo_rows(2010, seed=4))  # val and test: 201 and 201 rows
-    prepare_criteo(str(raw), str(tmp / "criteo"), dense_log=True, min_count=3, progress=False, summary=False)
+    options = PrepareOptions(progress=False, summary=False)
+    prepare_criteo(str(raw), str(tmp / "criteo"), options, dense_log=True, min_count=3)
     return tmp / "criteo"
 
 
@@ -37,7 +39,7 @@ def test_train_in_process(criteo_dir: Path, tmp_path: Path) -> None:
 
 
 def _train_rank(rank: int, world_size: int, path: str) -> Dict[str, Any]:
-    cfg = load_config(overrides=[f"data.path={path}", *TINY, "train.eval_batch_size=32"])
+    cfg = load_job_config(overrides=[f"data.path={path}", *TINY, "train.eval_batch_size=32"])
     return train(cfg, progress=False)
 
 

@@ -14,26 +14,23 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from tests.multiprocess import run_ranks
-from torchrec_me.config import DataConfig, ModelConfig, TrainConfig
+from torchrec_me.config import Config, DataConfig, ModelConfig, TrainConfig
 from torchrec_me.data.synthetic import SyntheticCriteo
-from torchrec_me.distributed.sharding import (
-    apply_sparse_optimizer,
-    build_optimizer,
-    fused_constraints,
-    init_distributed,
-    load_unsharded_state_dict,
-    plan_and_shard,
-)
-from torchrec_me.models import BACKBONE_REGISTRY, PRESET_REGISTRY, MultiEmbeddingTrain, build_model
+from torchrec_me.distributed.sharding import fused_constraints, init_distributed, load_unsharded_state_dict
+from torchrec_me.job import build_job, build_train_module
+from torchrec_me.models import BACKBONE_REGISTRY, PRESET_REGISTRY
 
 BACKBONES = sorted(BACKBONE_REGISTRY)
-GRID = [(b, v, s) for b in BACKBONES for v in ("se", "me") for s in (1, 2, 4, 10)]
+# ME-1x is SE-1x: one preset.
+GRID = [(b, v, s) for b in BACKBONES for v in ("se", "me") for s in (1, 2, 4, 10) if (v, s) != ("me", 1)]
 SMALL = {"hidden_dim": 32, "num_cross_layers": 2, "fs_hidden_dim": 16}
 B = 16
 
 
-def _cfg(preset: str) -> ModelConfig:
-    return ModelConfig(**{**PRESET_REGISTRY[preset], **SMALL})
+def _cfg(preset: str, sparse_optimizer: str) -> Config:
+    model = ModelConfig(**{**PRESET_REGISTRY[preset], **SMALL})
+    train = TrainConfig(batch_size=B, sparse_optimizer=sparse_optimizer, sparse_lr=0.1)
+    return Config(data=DataConfig(cardinality_scale=0.002), model=model, train=train)
 
 
 def _table_shards(dmp: Any) -> Dict[str, List[torch.Tensor]]:
@@ -50,12 +47,10 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     out: Dict[str, Any] = {"forward": {}, "moved": {}}
 
     for backbone in BACKBONES:
-        cfg = _cfg(f"{backbone}-me-2x")
+        cfg = _cfg(f"{backbone}-me-2x", "sgd")
         torch.manual_seed(0)
-        ref = MultiEmbeddingTrain(build_model(cfg, ds.feature_names, ds.num_embeddings)).eval()
-        module = MultiEmbeddingTrain(build_model(cfg, ds.feature_names, ds.num_embeddings, torch.device("meta")))
-        apply_sparse_optimizer(module, "sgd", 0.1)
-        dmp, _ = plan_and_shard(module, ctx, B)
+        ref = build_train_module(cfg, ds).eval()
+        dmp = build_job(cfg, ctx, ds).model
         load_unsharded_state_dict(dmp, ref.state_dict())
         dmp.eval()
         batch = ds.batch("train", rank, B)[0]
@@ -65,22 +60,20 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     # Plans depend only on the tables, so one plan per (K, dim) serves every backbone.
     plans: Dict[Tuple[int, int], Any] = {}
     for backbone, variant, scale in GRID:
-        cfg = _cfg(f"{backbone}-{variant}-{scale}x")
-        torch.manual_seed(0)
-        module = MultiEmbeddingTrain(build_model(cfg, ds.feature_names, ds.num_embeddings, torch.device("meta")))
-        apply_sparse_optimizer(module, "rowwise_adagrad", 0.1)
-        key = (cfg.num_sets, cfg.embedding_dim)
+        cfg = _cfg(f"{backbone}-{variant}-{scale}x", "rowwise_adagrad")
+        key = (cfg.model.num_sets, cfg.model.embedding_dim)
         constraints = {
             name: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"])
-            for name in fused_constraints(module)
+            for name in fused_constraints(build_train_module(cfg, ds, torch.device("meta")))
         }
-        dmp, plans[key] = plan_and_shard(module, ctx, B, constraints=constraints, plan=plans.get(key))
+        job = build_job(cfg, ctx, ds, constraints=constraints, plan=plans.get(key))
+        dmp, plans[key] = job.model, job.plan
         before = _table_shards(dmp)
-        pipeline = TrainPipelineSparseDist(dmp, build_optimizer(dmp, TrainConfig()), ctx.device)
+        pipeline = TrainPipelineSparseDist(dmp, job.optimizer, ctx.device)
         batches = iter(ds.train_batches(rank, world_size, B, 0, 2))
         losses = [float(pipeline.progress(batches)[0]) for _ in range(2)]
         after = _table_shards(dmp)
-        moved = [False] * cfg.num_sets
+        moved = [False] * cfg.model.num_sets
         for name, shards in after.items():
             k = int(name.split("ebcs.")[1].split(".")[0])
             moved[k] |= any(not torch.equal(a, b) for a, b in zip(shards, before[name]))

@@ -14,11 +14,9 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from tests.multiprocess import run_ranks
-from torchrec_me.config import load_config
-from torchrec_me.data import build_dataset
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.distributed.sharding import apply_sparse_optimizer, init_distributed, plan_and_shard
-from torchrec_me.models import MultiEmbeddingTrain, build_model
+from torchrec_me.distributed.sharding import init_distributed
+from torchrec_me.job import job_from_checkpoint
 
 STEPS = 120
 OVERRIDES = [
@@ -137,12 +135,8 @@ def test_checkpoint_retention(runs: Dict[str, Any]) -> None:
 
 def _predict(rank: int, world_size: int, path: str) -> torch.Tensor:
     ctx = init_distributed("cpu")
-    cfg = load_config(None, OVERRIDES)
-    ds = build_dataset(cfg.data)
-    module = MultiEmbeddingTrain(build_model(cfg.model, ds.feature_names, ds.num_embeddings, torch.device("meta")))
-    apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
-    dmp, _ = plan_and_shard(module, ctx, 64)
-    ckpt.load_checkpoint(Path(path), dmp)
+    job = job_from_checkpoint(Path(path), ctx)
+    ds, dmp = job.dataset, job.model
     dmp.eval()
     # Global batches 0..3 of the test split; rank r scores those with index % W == r.
     out = {}

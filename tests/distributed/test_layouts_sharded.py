@@ -14,43 +14,37 @@ import torch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from tests.multiprocess import run_ranks
-from torchrec_me.config import DataConfig, ModelConfig, TrainConfig
+from torchrec_me.config import Config, DataConfig, ModelConfig, TrainConfig
 from torchrec_me.data.synthetic import SyntheticCriteo
-from torchrec_me.distributed.sharding import (
-    apply_sparse_optimizer,
-    build_optimizer,
-    init_distributed,
-    load_unsharded_state_dict,
-    named_sharded_modules,
-    plan_and_shard,
-)
-from torchrec_me.models import MultiEmbeddingTrain, build_model
+from torchrec_me.distributed.sharding import init_distributed, load_unsharded_state_dict, named_sharded_modules
+from torchrec_me.job import build_job, build_train_module
 
 B = 16
 RUNS = [("separate", "adagrad"), ("grouped", "adagrad"), ("packed", "adagrad"),
         ("separate", "rowwise_adagrad"), ("packed", "rowwise_adagrad")]  # fmt: skip
 
 
-def _cfg(layout: str) -> ModelConfig:
-    return ModelConfig(num_sets=2, set_dims=[8, 16], hidden_dim=16, num_cross_layers=2, dropout=0.0, layout=layout)
+def _cfg(layout: str, optimizer: str = "adagrad") -> Config:
+    model = ModelConfig(num_sets=2, set_dims=[8, 16], hidden_dim=16, num_cross_layers=2, dropout=0.0, layout=layout)
+    train = TrainConfig(batch_size=B, sparse_optimizer=optimizer, sparse_lr=0.5, dense_lr=0.01)
+    return Config(data=DataConfig(cardinality_scale=0.002), model=model, train=train)
 
 
 def _run(ctx: Any, ds: SyntheticCriteo, layout: str, optimizer: str, ref: Any, batches: List[Any]) -> Dict[str, Any]:
     # The same weights in this layout's table names: copy the reference's per-set tables.
     torch.manual_seed(1)
-    plain = build_model(_cfg(layout), ds.feature_names, ds.num_embeddings)
-    plain.sparse_arch.load_set_weights(ref.model.sparse_arch.set_weights())
-    full = {f"model.{k}": v for k, v in plain.state_dict().items() if "sparse_arch" in k}
+    plain = build_train_module(_cfg(layout), ds)
+    plain.model.sparse_arch.load_set_weights(ref.model.sparse_arch.set_weights())
+    full = {k: v for k, v in plain.state_dict().items() if "sparse_arch" in k}
     full.update({k: v for k, v in ref.state_dict().items() if "sparse_arch" not in k})
 
-    module = MultiEmbeddingTrain(build_model(_cfg(layout), ds.feature_names, ds.num_embeddings, torch.device("meta")))
-    apply_sparse_optimizer(module, optimizer, 0.5)
-    dmp, _ = plan_and_shard(module, ctx, B)
+    job = build_job(_cfg(layout, optimizer), ctx, ds)
+    dmp = job.model
     load_unsharded_state_dict(dmp, full)
     kjt = batches[0].sparse_features
     sets = dmp.module.model.sparse_arch
     before = [e.detach().clone() for e in sets(kjt)]
-    pipeline = TrainPipelineSparseDist(dmp, build_optimizer(dmp, TrainConfig(dense_lr=0.01)), ctx.device)
+    pipeline = TrainPipelineSparseDist(dmp, job.optimizer, ctx.device)
     _, logits, _ = pipeline.progress(iter(batches))
     pipelined = len(pipeline._pipelined_modules)
     pipeline.detach()
@@ -69,7 +63,7 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     ds = SyntheticCriteo(DataConfig(cardinality_scale=0.002))
     batches = [ds.batch("train", g * world_size + rank, B)[0] for g in range(2)]
     torch.manual_seed(0)
-    ref = MultiEmbeddingTrain(build_model(_cfg("separate"), ds.feature_names, ds.num_embeddings))
+    ref = build_train_module(_cfg("separate"), ds)
     return {f"{layout}/{opt}": _run(ctx, ds, layout, opt, ref, batches) for layout, opt in RUNS}
 
 

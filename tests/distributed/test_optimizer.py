@@ -5,21 +5,25 @@ import copy
 import torch
 from torch import nn
 
-from torchrec_me.config import TrainConfig
-from torchrec_me.distributed.sharding import build_optimizer
+import pytest
+
+from torchrec_me.distributed.optimizers import build_optimizer
 
 
-def test_dense_adam_is_fused_and_matches_multi_tensor_adam() -> None:
-    torch.manual_seed(0)
+@pytest.mark.parametrize("fused", [True, False])
+def test_dense_adam_fused_or_plain_matches_multi_tensor_adam(fused: bool) -> None:
+    g = torch.Generator().manual_seed(0)
     model = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
     twin = copy.deepcopy(model)
     start = [p.detach().clone() for p in model.parameters()]
-    cfg = TrainConfig(dense_lr=0.01, dense_weight_decay=1e-4)
-    ours = build_optimizer(model, cfg)
+    ours = build_optimizer(model, lr=0.01, weight_decay=1e-4, fused=fused)
     inner = [o for _, o in ours.optimizers][0]._optimizer
-    assert isinstance(inner, torch.optim.Adam) and inner.defaults["fused"]
+    assert isinstance(inner, torch.optim.Adam) and bool(inner.defaults["fused"]) == fused
     reference = torch.optim.Adam(twin.parameters(), lr=0.01, weight_decay=1e-4, foreach=True)
-    x = torch.randn(16, 7)
+    x = torch.randn(16, 7, generator=g)
     for _ in range(3):
         for m, opt in ((model, ours), (twin, reference)):
             opt.zero_grad()

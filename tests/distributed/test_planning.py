@@ -11,10 +11,11 @@ from typing import Dict, List
 import pytest
 import torch
 
-from torchrec_me.config import Config, ModelConfig, validate
+from torchrec_me.config import Config, ModelConfig
 from torchrec_me.data.synthetic import SyntheticCriteo
 from torchrec_me.distributed.sharding import DistContext, plan_tables
-from torchrec_me.models import MultiEmbeddingTrain, build_model
+from torchrec_me.job import build_train_module, check_job_config
+from torchrec_me.models import MultiEmbeddingTrain
 
 CTX = DistContext(rank=0, world_size=2, local_world_size=2, device=torch.device("cpu"))
 
@@ -25,9 +26,9 @@ def model() -> MultiEmbeddingTrain:
     cfg = Config()
     cfg.model = ModelConfig(num_sets=4, embedding_dim=12)
     cfg.data.cardinality_scale, cfg.data.max_cardinality = 1.0, 10**9
-    validate(cfg)
-    ds = SyntheticCriteo(cfg.data)
-    return MultiEmbeddingTrain(build_model(cfg.model, ds.feature_names, ds.num_embeddings, torch.device("meta")))
+    cfg.validate()
+    check_job_config(cfg)
+    return build_train_module(cfg, SyntheticCriteo(cfg.data), torch.device("meta"))
 
 
 def _ranks_by_module(plan) -> Dict[str, List[int]]:  # type: ignore[no-untyped-def]

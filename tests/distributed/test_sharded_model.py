@@ -13,30 +13,26 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from tests.multiprocess import run_ranks
-from torchrec_me.config import DataConfig, ModelConfig, TrainConfig
+from torchrec_me.config import Config, DataConfig, ModelConfig, TrainConfig
 from torchrec_me.data.synthetic import SyntheticCriteo
-from torchrec_me.distributed.sharding import (
-    apply_sparse_optimizer,
-    build_optimizer,
-    init_distributed,
-    load_unsharded_state_dict,
-    named_sharded_modules,
-    plan_and_shard,
-)
-from torchrec_me.models import MultiEmbeddingTrain, build_model
+from torchrec_me.distributed.sharding import init_distributed, load_unsharded_state_dict, named_sharded_modules
+from torchrec_me.job import build_job, build_train_module
+from torchrec_me.modules.naming import set_table_name
 
 # FBGEMM CPU has no row-wise EBC sharding; these are the types the CPU sharder allows.
 SET_SHARDING = ["table_wise", "column_wise", "table_column_wise"]
 B = 32
 
 
-def _model_cfg() -> ModelConfig:
-    return ModelConfig(num_sets=3, set_dims=[8, 16, 16], hidden_dim=32, num_cross_layers=2, dropout=0.0)
+def _cfg(lr: float = 1.0) -> Config:
+    model = ModelConfig(num_sets=3, set_dims=[8, 16, 16], hidden_dim=32, num_cross_layers=2, dropout=0.0)
+    train = TrainConfig(batch_size=B, sparse_optimizer="sgd", sparse_lr=lr)
+    return Config(data=DataConfig(cardinality_scale=0.002, val_samples=B), model=model, train=train)
 
 
 def _constraints(ds: SyntheticCriteo) -> Dict[str, ParameterConstraints]:
     return {
-        f"set{k}__{f}": ParameterConstraints(sharding_types=[st], compute_kernels=["fused"])
+        set_table_name(k, f): ParameterConstraints(sharding_types=[st], compute_kernels=["fused"])
         for k, st in enumerate(SET_SHARDING)
         for f in ds.feature_names
     }
@@ -47,11 +43,9 @@ def _local_name(name: str) -> str:
 
 
 def _sharded(ds: SyntheticCriteo, ctx: Any, full: Dict[str, torch.Tensor], lr: float) -> Any:
-    module = MultiEmbeddingTrain(build_model(_model_cfg(), ds.feature_names, ds.num_embeddings, torch.device("meta")))
-    apply_sparse_optimizer(module, "sgd", lr)
-    dmp, plan = plan_and_shard(module, ctx, B, constraints=_constraints(ds))
-    load_unsharded_state_dict(dmp, full)
-    return dmp, plan
+    job = build_job(_cfg(lr), ctx, ds, constraints=_constraints(ds))
+    load_unsharded_state_dict(job.model, full)
+    return job
 
 
 def _local_table_slices(dmp: Any) -> Dict[str, List[Any]]:
@@ -70,14 +64,15 @@ def _local_table_slices(dmp: Any) -> Dict[str, List[Any]]:
 
 def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     ctx = init_distributed("cpu")
-    ds = SyntheticCriteo(DataConfig(cardinality_scale=0.002, val_samples=B))
+    ds = SyntheticCriteo(_cfg().data)
     batches = [ds.batch("train", g, B)[0] for g in range(world_size)]
     torch.manual_seed(0)
-    ref = MultiEmbeddingTrain(build_model(_model_cfg(), ds.feature_names, ds.num_embeddings))
+    ref = build_train_module(_cfg(), ds)
     full = {k: v.detach().clone() for k, v in ref.state_dict().items()}
 
     # One forward/backward: fused SGD with lr 1 turns each table update into -grad.
-    dmp, plan = _sharded(ds, ctx, full, lr=1.0)
+    job = _sharded(ds, ctx, full, lr=1.0)
+    dmp, plan = job.model, job.plan
     loss, (_, logits, _) = dmp(batches[rank])
     loss.backward()
     ref_losses = [ref(b)[0] for b in batches]
@@ -90,14 +85,14 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
     steps = 4
     data = [ds.batch("train", s * world_size + rank, B)[0] for s in range(steps)]
     probe = ds.batch("val", 0, B)[0]
-    piped, _ = _sharded(ds, ctx, full, lr=0.05)
-    eager, _ = _sharded(ds, ctx, full, lr=0.05)
-    pipeline = TrainPipelineSparseDist(piped, build_optimizer(piped, TrainConfig()), ctx.device)
+    piped_job, eager_job = _sharded(ds, ctx, full, lr=0.05), _sharded(ds, ctx, full, lr=0.05)
+    piped, eager = piped_job.model, eager_job.model
+    pipeline = TrainPipelineSparseDist(piped, piped_job.optimizer, ctx.device)
     data_iter = iter(data)
     piped_losses = [pipeline.progress(data_iter) for _ in range(steps)]
     pipelined = [m for m in pipeline._pipelined_modules]
     pipeline.detach()
-    eager_opt = build_optimizer(eager, TrainConfig())
+    eager_opt = eager_job.optimizer
     eager_losses = []
     for b in data:
         eager_opt.zero_grad()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from torchrec_me.config import DataConfig, ModelConfig
@@ -9,8 +10,9 @@ DS = SyntheticCriteo(DataConfig(cardinality_scale=0.002))
 
 def _model(**kw):
     cfg = ModelConfig(hidden_dim=16, num_cross_layers=2, **kw)
-    torch.manual_seed(0)
-    return build_model(cfg, DS.feature_names, DS.num_embeddings).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build_model(cfg, DS.feature_names, DS.num_embeddings).eval()
 
 
 def _plain_se_dcnv2(model, batch) -> torch.Tensor:
@@ -34,8 +36,9 @@ def _plain_se_dcnv2(model, batch) -> torch.Tensor:
     return (h @ model.head.out.weight.T + model.head.out.bias)[:, 0]
 
 
-def test_k1_me_equals_plain_se() -> None:
-    model = _model(num_sets=1)
+@pytest.mark.parametrize("fused", [True, False])
+def test_k1_me_equals_plain_se(fused: bool) -> None:
+    model = _model(num_sets=1, fused_dense=fused)
     batch = DS.batch("train", 0, 16)[0]
     torch.testing.assert_close(model(batch.dense_features, batch.sparse_features), _plain_se_dcnv2(model, batch))
 

@@ -13,19 +13,20 @@ from torchrec_me.modules import (
     InnerProduct,
 )
 
-torch.manual_seed(0)
+def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
 
-def test_inner_product_pairs() -> None:
-    e = torch.randn(3, 5, 4, dtype=torch.float64)
+def test_inner_product_pairs(generator: torch.Generator) -> None:
+    e = _randn(generator, 3, 5, 4)
     got = InnerProduct(5)(e)
     expected = torch.stack([(e[:, i] * e[:, j]).sum(-1) for i, j in itertools.combinations(range(5), 2)], dim=1)
     torch.testing.assert_close(got, expected)
 
 
-def test_field_weighted_fm_explicit_double_sum() -> None:
+def test_field_weighted_fm_explicit_double_sum(generator: torch.Generator) -> None:
     layer = FieldWeightedFM(4).double()
-    e = torch.randn(3, 4, 6, dtype=torch.float64)
+    e = _randn(generator, 3, 4, 6)
     r = layer.field_weight.detach()
     expected = torch.zeros(3, 6, dtype=torch.float64)
     for i in range(4):
@@ -54,19 +55,19 @@ def _cin_loop(x: np.ndarray, convs) -> np.ndarray:
     return np.stack(out)
 
 
-def test_cin_matches_loop() -> None:
+def test_cin_matches_loop(generator: torch.Generator) -> None:
     cin = CompressedInteraction(num_fields=3, layer_sizes=[4, 2]).double()
-    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    x = _randn(generator, 2, 3, 5)
     convs = [(c.weight.detach()[:, :, 0].numpy(), c.bias.detach().numpy()) for c in cin.convs]
     got = cin(x)
     assert got.shape == (2, 6) and cin.output_dim == 6
     np.testing.assert_allclose(got.detach().numpy(), _cin_loop(x.numpy(), convs), rtol=1e-10)
 
 
-def test_cin_in_chunks_matches_loop_and_one_chunk(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_cin_in_chunks_matches_loop_and_one_chunk(monkeypatch, generator: torch.Generator) -> None:  # type: ignore[no-untyped-def]
     """A batch split into chunks gives the loop's outputs and the unchunked gradients."""
     cin = CompressedInteraction(num_fields=3, layer_sizes=[4, 2]).double()
-    x = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
+    x = _randn(generator, 7, 3, 5).requires_grad_()
     convs = [(c.weight.detach()[:, :, 0].numpy(), c.bias.detach().numpy()) for c in cin.convs]
     whole = cin(x)
     (g_whole,) = torch.autograd.grad(whole.square().sum(), x)
@@ -80,10 +81,10 @@ def test_cin_in_chunks_matches_loop_and_one_chunk(monkeypatch) -> None:  # type:
     torch.testing.assert_close(g_chunked, g_whole)
 
 
-def test_feature_selection_gate_is_two_sigmoid_of_context_mlp() -> None:
+def test_feature_selection_gate_is_two_sigmoid_of_context_mlp(generator: torch.Generator) -> None:
     gate = FeatureSelectionGate(context_dim=4, hidden_dim=8, out_features=6).double()
-    torch.nn.init.normal_(gate.context)
-    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.nn.init.normal_(gate.context, generator=generator)
+    x = _randn(generator, 3, 6)
     lin1, lin2 = gate.gate[0], gate.gate[2]
     g = 2 * torch.sigmoid(lin2(torch.relu(lin1(gate.context))))
     torch.testing.assert_close(gate(x), x * g)
@@ -92,10 +93,10 @@ def test_feature_selection_gate_is_two_sigmoid_of_context_mlp() -> None:
     torch.testing.assert_close(gate(x), x)  # a zero gate logit passes x through
 
 
-def test_bilinear_fusion() -> None:
+def test_bilinear_fusion(generator: torch.Generator) -> None:
     fusion = BilinearFusion(3).double()
-    torch.nn.init.normal_(fusion.bilinear)
-    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    torch.nn.init.normal_(fusion.bilinear, generator=generator)
+    x, y = _randn(generator, 4, 3), _randn(generator, 4, 3)
     w = fusion.bilinear.detach()
     expected = torch.stack([x[b] @ w @ y[b] for b in range(4)])
     expected = expected + fusion.linear_x(x)[:, 0] + fusion.linear_y(y)[:, 0]

@@ -10,8 +10,9 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_me.analysis.sharded import find_embedding_tables
-from torchrec_me.config import ConfigError, DataConfig, ModelConfig, load_config
+from torchrec_me.config import ConfigError, DataConfig, ModelConfig
 from torchrec_me.data.synthetic import SyntheticCriteo
+from torchrec_me.job import load_job_config
 from torchrec_me.models import MultiEmbeddingModel, build_model
 from torchrec_me.modules.layouts import LAYOUT_REGISTRY, build_sets
 from torchrec_me.modules.multi_embedding import split_keyed_tensor
@@ -30,11 +31,12 @@ def _kjt() -> KeyedJaggedTensor:
 def _copy_of_separate(layout: str, **model_kw: Any) -> Tuple[MultiEmbeddingModel, MultiEmbeddingModel]:
     """(separate model, ``layout`` model with the same weights), tiny DCNv2 on synthetic data."""
     cfg = ModelConfig(num_sets=len(DIMS), set_dims=DIMS, hidden_dim=16, num_cross_layers=2, **model_kw)
-    torch.manual_seed(0)
-    ref = build_model(cfg, DS.feature_names, DS.num_embeddings)
-    torch.manual_seed(1)
-    cfg.layout = layout
-    other = build_model(cfg, DS.feature_names, DS.num_embeddings)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ref = build_model(cfg, DS.feature_names, DS.num_embeddings)
+        torch.manual_seed(1)
+        cfg.layout = layout
+        other = build_model(cfg, DS.feature_names, DS.num_embeddings)
     other.load_state_dict({k: v for k, v in ref.state_dict().items() if "sparse_arch" not in k}, strict=False)
     other.sparse_arch.load_set_weights(ref.sparse_arch.set_weights())
     return ref, other
@@ -98,24 +100,25 @@ def _table_grad(sets: torch.nn.Module, k: int, feature: str) -> torch.Tensor:
 def test_split_handles_any_key_order() -> None:
     from torchrec.sparse.jagged_tensor import KeyedTensor
 
-    a, b, c = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 8)
+    gen = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(3, d, generator=gen) for d in (4, 4, 8))
     kt = KeyedTensor.from_tensor_list(["b", "c", "a"], [b, c, a])  # a sharded EBC may reorder keys
     x, y = split_keyed_tensor(kt, [["a", "b"], ["c"]], [4, 8])
     torch.testing.assert_close(x, torch.stack([a, b], dim=1))
     torch.testing.assert_close(y, c.unsqueeze(1))
 
 
-def test_config_refuses_packed_with_a_row_wise_optimizer() -> None:
+def test_job_config_refuses_packed_with_a_row_wise_optimizer() -> None:
     with pytest.raises(ConfigError, match="model.layout.*row-wise.*rowwise_adagrad"):
-        load_config(None, ["model.layout=packed"])
+        load_job_config(None, ["model.layout=packed"])
     for opt in ("adagrad", "sgd"):
-        assert load_config(None, ["model.layout=packed", f"train.sparse_optimizer={opt}"]).model.layout == "packed"
+        assert load_job_config(None, ["model.layout=packed", f"train.sparse_optimizer={opt}"]).model.layout == "packed"
     # One set shares nothing: any optimizer is fine.
-    load_config(None, ["model.layout=packed", "model.num_sets=1"])
-    with pytest.raises(ConfigError, match="model.layout.*separate, grouped, packed"):
-        load_config(None, ["model.layout=stacked"])
+    load_job_config(None, ["model.layout=packed", "model.num_sets=1"])
+    with pytest.raises(ConfigError, match="model.layout.*unknown value 'stacked'.*grouped, packed, separate"):
+        load_job_config(None, ["model.layout=stacked"])
     with pytest.raises(ConfigError, match="model.layout.*collapse analysis"):
-        load_config(None, ["model.layout=packed", "train.sparse_optimizer=sgd", "train.ia_every=10"])
+        load_job_config(None, ["model.layout=packed", "train.sparse_optimizer=sgd", "train.ia_every=10"])
     assert set(LAYOUT_REGISTRY) == {"separate", "grouped", "packed"}
 
 

@@ -8,19 +8,14 @@ tracks which rows training touched; ``report`` assembles :func:`collapse_report`
 
 from torchrec_me.analysis.frequency import IdFrequencyTracker
 from torchrec_me.analysis.report import collapse_report, ia_log_record
-from torchrec_me.analysis.sharded import (
-    VARIANTS,
-    EmbeddingTable,
-    find_embedding_tables,
-    gram_matrices,
-    parse_table_name,
-)
+from torchrec_me.analysis.sharded import VARIANTS, EmbeddingTable, find_embedding_tables, gram_matrices
 from torchrec_me.analysis.spectrum import (
     information_abundance,
     normalized_spectrum,
     singular_values,
     singular_values_from_gram,
 )
+from torchrec_me.modules.naming import parse_table_name
 
 __all__ = [
     "VARIANTS",

@@ -7,7 +7,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_me.analysis.sharded import find_embedding_tables, parse_table_name
+from torchrec_me.analysis.sharded import find_embedding_tables
+from torchrec_me.modules.naming import parse_table_name
+
 
 class IdFrequencyTracker:
     """Counts how often each id of each feature was looked up in training batches.

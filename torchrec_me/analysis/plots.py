@@ -5,20 +5,24 @@ spectra of each field's table that fall off after a few indices for single-embed
 models and stay flat for multi-embedding ones, and information abundance (IA) per field
 and over training. These functions draw those from :func:`collapse_report` outputs and
 from JSON-lines IA logs (rows ``{"step": int, "ia": {"set0": mean IA, ...}}`` as written by
-:func:`torchrec_me.analysis.sharded.ia_log_record`).
+:func:`torchrec_me.analysis.report.ia_log_record`).
 
 Everything uses ``matplotlib.figure.Figure`` directly (no pyplot state, no display), so
-it is safe in training processes and tests. Each function saves the PNG and returns the
-figure so callers can inspect or restyle it.
+it is safe in training processes and tests. Each function saves the PNG atomically
+(:func:`torchrec_me.atomic.atomic_file`: a crash leaves the old file or none, never half
+a PNG) and returns the figure so callers can inspect or restyle it.
 """
 
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from torchrec_me.atomic import atomic_file
 
 __all__ = ["plot_ia_over_steps", "plot_ia_per_field", "plot_spectra", "read_ia_log"]
 
@@ -32,10 +36,10 @@ _MAX_LEGEND = 14
 
 
 def _save(fig: Figure, path: PathLike) -> Figure:
-    """Write ``fig`` as a PNG (creating parent folders) and return it."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    """Write ``fig`` as a PNG atomically (creating parent folders) and return it."""
+    with atomic_file(path) as tmp:
+        # The temporary name does not end in .png: the format is explicit.
+        fig.savefig(tmp, dpi=110, format="png")
     return fig
 
 
@@ -75,6 +79,53 @@ def _field_spectrum(
     return None if entry is None else entry.get(f"spectrum_{variant}")
 
 
+def _draw_field_spectra(
+    ax: Axes, report: Report, names: Sequence[str], variant: str, set_index: Optional[int]
+) -> Tuple[int, str]:
+    """One line per field (``set_index``'s table, or the concatenation); (lines, what)."""
+    cmap = matplotlib.colormaps["viridis"]
+    lines = 0
+    for i, feature in enumerate(names):
+        spec = _field_spectrum(report, feature, variant, set_index)
+        if spec is None:
+            continue
+        color = cmap(i / max(len(names) - 1, 1))
+        ax.plot(range(1, len(spec) + 1), _clip(spec), color=color, lw=1.2, alpha=0.85, label=feature)
+        lines += 1
+    return lines, "concatenated sets" if set_index is None else f"set {set_index}"
+
+
+def _draw_set_spectra(ax: Axes, report: Report, names: Sequence[str], variant: str) -> Tuple[int, str]:
+    """One line per set: the mean normalised spectrum of its ``names`` tables; (lines, what)."""
+    lines = 0
+    for j, s in enumerate(report["sets"]):
+        specs = [
+            e[f"spectrum_{variant}"]
+            for e in s["tables"].values()
+            if e["feature"] in names and e.get(f"spectrum_{variant}") is not None
+        ]
+        if not specs or len({len(sp) for sp in specs}) != 1:
+            continue
+        mean = [sum(col) / len(col) for col in zip(*specs)]
+        color = matplotlib.colormaps["tab10"](j % 10)
+        ax.plot(range(1, len(mean) + 1), _clip(mean), color=color, lw=1.8, marker="o", ms=3,
+                label=f"set {s['set']} (D={len(mean)})")  # fmt: skip
+        lines += 1
+    return lines, "mean over fields"
+
+
+def _style_spectrum_axes(ax: Axes, title: str, lines: int) -> None:
+    """Log y, labels, grid, and a legend when it stays readable."""
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value index k")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if 0 < lines <= _MAX_LEGEND:
+        ax.legend(fontsize=7, ncol=2 if lines > 7 else 1)
+    elif lines > _MAX_LEGEND:
+        ax.text(0.02, 0.02, f"{lines} fields (colour = field order)", transform=ax.transAxes, fontsize=8)
+
+
 def plot_spectra(
     reports: Mapping[str, Report],
     path: PathLike,
@@ -106,44 +157,13 @@ def plot_spectra(
         raise ValueError("no reports to plot")
     fig = Figure(figsize=(5.2 * len(reports), 4.2), layout="constrained")
     axes = fig.subplots(1, len(reports), sharey=True, squeeze=False)[0]
-    cmap = matplotlib.colormaps["viridis"]
     for ax, (label, report) in zip(axes, reports.items()):
         names = _fields(report, fields)
-        lines = 0
         if per == "field":
-            for i, feature in enumerate(names):
-                spec = _field_spectrum(report, feature, variant, set_index)
-                if spec is None:
-                    continue
-                color = cmap(i / max(len(names) - 1, 1))
-                ax.plot(range(1, len(spec) + 1), _clip(spec), color=color, lw=1.2, alpha=0.85, label=feature)
-                lines += 1
-            what = "concatenated sets" if set_index is None else f"set {set_index}"
+            lines, what = _draw_field_spectra(ax, report, names, variant, set_index)
         else:
-            sets = report["sets"]
-            for j, s in enumerate(sets):
-                specs = [
-                    e[f"spectrum_{variant}"]
-                    for e in s["tables"].values()
-                    if e["feature"] in names and e.get(f"spectrum_{variant}") is not None
-                ]
-                dims = {len(sp) for sp in specs}
-                if not specs or len(dims) != 1:
-                    continue
-                mean = [sum(col) / len(col) for col in zip(*specs)]
-                color = matplotlib.colormaps["tab10"](j % 10)
-                ax.plot(range(1, len(mean) + 1), _clip(mean), color=color, lw=1.8, marker="o", ms=3,
-                        label=f"set {s['set']} (D={len(mean)})")
-                lines += 1
-            what = "mean over fields"
-        ax.set_yscale("log")
-        ax.set_xlabel("singular value index k")
-        ax.set_title(f"{label}: {what}, {variant.replace('_', ' ')}", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        if 0 < lines <= _MAX_LEGEND:
-            ax.legend(fontsize=7, ncol=2 if lines > 7 else 1)
-        elif lines > _MAX_LEGEND:
-            ax.text(0.02, 0.02, f"{lines} fields (colour = field order)", transform=ax.transAxes, fontsize=8)
+            lines, what = _draw_set_spectra(ax, report, names, variant)
+        _style_spectrum_axes(ax, f"{label}: {what}, {variant.replace('_', ' ')}", lines)
     axes[0].set_ylabel("normalised singular value  $s_k / s_1$")
     lows = [min(line.get_ydata()) for ax in axes for line in ax.get_lines()]
     axes[0].set_ylim(bottom=max(SPECTRUM_FLOOR / 2, min(lows, default=0.1) / 3), top=1.5)

@@ -1,6 +1,7 @@
 """The collapse report: IA and spectra of every table, set and field, and the live log row."""
 
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -9,6 +10,13 @@ from torch import Tensor, nn
 from torchrec_me.analysis.frequency import IdFrequencyTracker
 from torchrec_me.analysis.sharded import VARIANTS, EmbeddingTable, _gram_matrices, _is_collective, find_embedding_tables
 from torchrec_me.analysis.spectrum import information_abundance, normalized_spectrum, singular_values_from_gram
+
+# The row-weight variants in the order of each group's Gram list: all rows always; the
+# trained-row mask and the frequencies only with a tracker.
+_ROW_VARIANTS = ("all_rows", "trained_rows", "freq_weighted")
+
+Stats = Tuple[Optional[float], Optional[List[float]]]
+
 
 def _finite(x: float) -> Optional[float]:
     """None for NaN/inf, so the report stays strict JSON."""
@@ -29,10 +37,113 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     return sum(vals) / len(vals) if vals else None
 
 
-def _stats(gram: Tensor) -> Tuple[Optional[float], Optional[List[float]]]:
+def _stats(gram: Tensor) -> Stats:
     """(IA, normalised spectrum) of a (D, D) Gram."""
     sv = singular_values_from_gram(gram)
     return _finite(information_abundance(sv)), _spectrum_list(sv)
+
+
+def _variant_stats(grams: Sequence[Tensor]) -> Dict[str, Stats]:
+    """(IA, spectrum) per row variant; (None, None) for the variants not computed."""
+    return {v: _stats(grams[i]) if i < len(grams) else (None, None) for i, v in enumerate(_ROW_VARIANTS)}
+
+
+@dataclass
+class _Grouping:
+    """How the tables are grouped for the Gram computation.
+
+    ``by_feature``: each feature's tables in set order. ``concat``: whether a feature's
+    tables are concatenated along D (one group ``field:{feature}``) or each is a group
+    ``table:{name}`` of its own. ``groups``: group name -> table names, in D order.
+    """
+
+    by_feature: Dict[str, List[EmbeddingTable]]
+    concat: Dict[str, bool]
+    groups: Dict[str, List[str]]
+
+
+def _group_tables(tables: Mapping[str, EmbeddingTable], concat_fields: bool) -> _Grouping:
+    """Group each field's tables: concatenated when asked and their row counts agree."""
+    by_feature: Dict[str, List[EmbeddingTable]] = {}
+    for t in sorted(tables.values(), key=lambda t: (t.set_index, t.name)):
+        by_feature.setdefault(t.feature, []).append(t)
+    groups: Dict[str, List[str]] = {}
+    concat: Dict[str, bool] = {}
+    for feature, ts in by_feature.items():
+        concat[feature] = concat_fields and len({t.num_rows for t in ts}) == 1
+        if concat[feature]:
+            groups[f"field:{feature}"] = [t.name for t in ts]
+        else:
+            groups.update({f"table:{t.name}": [t.name] for t in ts})
+    return _Grouping(by_feature, concat, groups)
+
+
+def _row_weights(
+    frequencies: Optional[IdFrequencyTracker], groups: Mapping[str, Sequence[str]]
+) -> List[Optional[Mapping[str, Tensor]]]:
+    """Row weights per variant of ``_ROW_VARIANTS``: None (all rows), then mask and counts."""
+    if frequencies is None:
+        return [None]
+    freqs = {gname: frequencies.row_frequency(names[0]) for gname, names in groups.items()}
+    masks = {gname: (freq > 0).double() for gname, freq in freqs.items()}
+    return [None, masks, freqs]
+
+
+def _table_grams(
+    tables: Mapping[str, EmbeddingTable], groups: Mapping[str, Sequence[str]], grams: Mapping[str, List[Tensor]]
+) -> Dict[str, List[Tensor]]:
+    """Each table's Grams (one per variant): the diagonal blocks of its group's Grams."""
+    out: Dict[str, List[Tensor]] = {}
+    for gname, names in groups.items():
+        shift = 0
+        for n in names:
+            d = tables[n].dim
+            out[n] = [g[shift : shift + d, shift : shift + d] for g in grams[gname]]
+            shift += d
+    return out
+
+
+def _trained_rows(frequencies: Optional[IdFrequencyTracker], feature: str) -> Optional[int]:
+    """Rows of ``feature`` looked up at least once (None without frequencies)."""
+    return None if frequencies is None else int((frequencies.counts(feature) > 0).sum())
+
+
+def _table_entry(t: EmbeddingTable, grams: Sequence[Tensor], trained_rows: Optional[int]) -> Dict[str, Any]:
+    """The report entry of one table: sizes, then IA and spectrum per variant."""
+    stats = _variant_stats(grams)
+    entry: Dict[str, Any] = {"feature": t.feature, "dim": t.dim, "num_rows": t.num_rows, "trained_rows": trained_rows}
+    entry.update({f"ia_{v}": stats[v][0] for v in _ROW_VARIANTS})
+    entry.update({f"spectrum_{v}": stats[v][1] for v in _ROW_VARIANTS})
+    return entry
+
+
+def _set_entry(k: int, entries: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The report entry of set ``k`` from its tables' entries: common dim and mean IAs."""
+    dims = {e["dim"] for e in entries.values()}
+    out: Dict[str, Any] = {"set": k, "dim": dims.pop() if len(dims) == 1 else None, "tables": entries}
+    out.update({f"mean_ia_{v}": _mean([e[f"ia_{v}"] for e in entries.values()]) for v in _ROW_VARIANTS})
+    return out
+
+
+def _field_entry(
+    ts: Sequence[EmbeddingTable],
+    per_set: Sequence[Mapping[str, Any]],
+    concat_grams: Optional[Sequence[Tensor]],
+    trained_rows: Optional[int],
+) -> Dict[str, Any]:
+    """The report entry of one field: its per-set IAs and, if concatenated, the concat stats."""
+    stats = _variant_stats(concat_grams) if concat_grams is not None else {v: (None, None) for v in _ROW_VARIANTS}
+    field: Dict[str, Any] = {
+        "num_rows": ts[0].num_rows if concat_grams is not None else None,
+        "trained_rows": trained_rows,
+        "sets": [t.set_index for t in ts],
+        "dims": [t.dim for t in ts],
+        "ia_per_set_all_rows": [e["ia_all_rows"] for e in per_set],
+        "ia_per_set_trained_rows": [e["ia_trained_rows"] for e in per_set],
+    }
+    field.update({f"ia_concat_{v}": stats[v][0] for v in _ROW_VARIANTS})
+    field.update({f"spectrum_concat_{v}": stats[v][1] for v in ("all_rows", "trained_rows")})
+    return field
 
 
 def collapse_report(
@@ -76,109 +187,27 @@ def collapse_report(
         raise ValueError("model has no embedding_bags tables")
     if frequencies is not None and not frequencies.is_synced and _is_collective(list(tables.values())):
         frequencies = frequencies.synced()
+    grouping = _group_tables(tables, concat_fields)
+    grams = _gram_matrices(tables, grouping.groups, _row_weights(frequencies, grouping.groups), chunk_rows)
+    table_grams = _table_grams(tables, grouping.groups, grams)
 
-    by_feature: Dict[str, List[EmbeddingTable]] = {}
-    for t in sorted(tables.values(), key=lambda t: (t.set_index, t.name)):
-        by_feature.setdefault(t.feature, []).append(t)
-
-    # Group names: "field:{feature}" (its tables concatenated) or "table:{name}".
-    groups: Dict[str, List[str]] = {}
-    concat: Dict[str, bool] = {}
-    for feature, ts in by_feature.items():
-        concat[feature] = concat_fields and len({t.num_rows for t in ts}) == 1
-        if concat[feature]:
-            groups[f"field:{feature}"] = [t.name for t in ts]
-        else:
-            groups.update({f"table:{t.name}": [t.name] for t in ts})
-
-    variants: List[Optional[Mapping[str, Tensor]]] = [None]
-    if frequencies is not None:
-        masks: Dict[str, Tensor] = {}
-        freqs: Dict[str, Tensor] = {}
-        for gname, names in groups.items():
-            freq = frequencies.row_frequency(names[0])
-            masks[gname] = (freq > 0).double()
-            freqs[gname] = freq
-        variants += [masks, freqs]
-    grams = _gram_matrices(tables, groups, variants, chunk_rows)
-
-    # The tables' Grams are the diagonal blocks of their group's Gram.
-    table_grams: Dict[str, List[Tensor]] = {}
-    for gname, names in groups.items():
-        shift = 0
-        for n in names:
-            d = tables[n].dim
-            table_grams[n] = [g[shift : shift + d, shift : shift + d] for g in grams[gname]]
-            shift += d
-
-    def trained_count(feature: str) -> Optional[int]:
-        """Rows of ``feature`` looked up at least once (None without frequencies)."""
-        return None if frequencies is None else int((frequencies.counts(feature) > 0).sum())
-
-    set_ids = sorted({t.set_index for t in tables.values()})
-    sets_out: List[Dict[str, Any]] = []
-    for k in set_ids:
-        entries: Dict[str, Dict[str, Any]] = {}
-        for t in sorted((t for t in tables.values() if t.set_index == k), key=lambda t: t.name):
-            gs = table_grams[t.name]
-            ia_all, sp_all = _stats(gs[0])
-            ia_tr, sp_tr = _stats(gs[1]) if frequencies is not None else (None, None)
-            ia_fw, sp_fw = _stats(gs[2]) if frequencies is not None else (None, None)
-            entries[t.name] = {
-                "feature": t.feature,
-                "dim": t.dim,
-                "num_rows": t.num_rows,
-                "trained_rows": trained_count(t.feature),
-                "ia_all_rows": ia_all,
-                "ia_trained_rows": ia_tr,
-                "ia_freq_weighted": ia_fw,
-                "spectrum_all_rows": sp_all,
-                "spectrum_trained_rows": sp_tr,
-                "spectrum_freq_weighted": sp_fw,
-            }
-        dims = {e["dim"] for e in entries.values()}
-        sets_out.append(
-            {
-                "set": k,
-                "dim": dims.pop() if len(dims) == 1 else None,
-                "tables": entries,
-                "mean_ia_all_rows": _mean([e["ia_all_rows"] for e in entries.values()]),
-                "mean_ia_trained_rows": _mean([e["ia_trained_rows"] for e in entries.values()]),
-                "mean_ia_freq_weighted": _mean([e["ia_freq_weighted"] for e in entries.values()]),
-            }
-        )
+    sets_out = []
+    for k in sorted({t.set_index for t in tables.values()}):
+        members = sorted((t for t in tables.values() if t.set_index == k), key=lambda t: t.name)
+        entries = {t.name: _table_entry(t, table_grams[t.name], _trained_rows(frequencies, t.feature)) for t in members}
+        sets_out.append(_set_entry(k, entries))
 
     entry_of = {name: e for s in sets_out for name, e in s["tables"].items()}
-    fields_out: Dict[str, Dict[str, Any]] = {}
-    for feature, ts in by_feature.items():
-        per_set = [entry_of[t.name] for t in ts]
-        field: Dict[str, Any] = {
-            "num_rows": ts[0].num_rows if concat[feature] else None,
-            "trained_rows": trained_count(feature),
-            "sets": [t.set_index for t in ts],
-            "dims": [t.dim for t in ts],
-            "ia_per_set_all_rows": [e["ia_all_rows"] for e in per_set],
-            "ia_per_set_trained_rows": [e["ia_trained_rows"] for e in per_set],
-            "ia_concat_all_rows": None,
-            "ia_concat_trained_rows": None,
-            "ia_concat_freq_weighted": None,
-            "spectrum_concat_all_rows": None,
-            "spectrum_concat_trained_rows": None,
-        }
-        if concat[feature]:
-            gs = grams[f"field:{feature}"]
-            field["ia_concat_all_rows"], field["spectrum_concat_all_rows"] = _stats(gs[0])
-            if frequencies is not None:
-                field["ia_concat_trained_rows"], field["spectrum_concat_trained_rows"] = _stats(gs[1])
-                field["ia_concat_freq_weighted"] = _stats(gs[2])[0]
-        fields_out[feature] = field
-
-    return {
-        "num_sets": len(set_ids),
-        "sets": sets_out,
-        "fields": fields_out,
-        "variants": dict(VARIANTS),
+    fields_out = {
+        feature: _field_entry(
+            ts,
+            [entry_of[t.name] for t in ts],
+            grams[f"field:{feature}"] if grouping.concat[feature] else None,
+            _trained_rows(frequencies, feature),
+        )
+        for feature, ts in grouping.by_feature.items()
     }
+    return {"num_sets": len(sets_out), "sets": sets_out, "fields": fields_out, "variants": dict(VARIANTS)}
 
 
 def ia_log_record(step: int, report: Mapping[str, Any], variant: str = "all_rows") -> Dict[str, Any]:

@@ -35,13 +35,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from torchrec_me.modules.naming import is_packed_table, parse_table_name
 
-__all__ = ["EmbeddingTable", "find_embedding_tables", "gram_matrices", "parse_table_name"]
+__all__ = ["EmbeddingTable", "find_embedding_tables", "gram_matrices"]
 
 # ``...embedding_bags.{table}.weight`` in the state dict of an (un)sharded EBC.
 _TABLE_KEY = re.compile(r"(?:^|\.)embedding_bags\.([^.]+)\.weight$")
-# ``set{k}__{feature}``: see ``torchrec_me.modules.multi_embedding.set_table_name``.
-_SET_TABLE = re.compile(r"^set(\d+)__(.+)$")
 
 VARIANTS: Dict[str, str] = {
     "all_rows": "every row of the table: singular values of E (N x D), from E^T E",
@@ -60,18 +59,6 @@ VARIANTS: Dict[str, str] = {
 }
 
 TableWeight = Union[Tensor, ShardedTensor]
-
-
-def parse_table_name(table: str) -> Tuple[int, str]:
-    """``(set index, feature)`` of a table named ``set{k}__{feature}``.
-
-    Tables not following the convention are read as set 0 of a feature named after
-    the table, so single-embedding models built from plain EBCs still work.
-    """
-    m = _SET_TABLE.match(table)
-    if m is None:
-        return 0, table
-    return int(m.group(1)), m.group(2)
 
 
 @dataclass(frozen=True)
@@ -113,7 +100,7 @@ def find_embedding_tables(model: Union[nn.Module, Mapping[str, Any]]) -> Dict[st
         if not isinstance(value, (Tensor, ShardedTensor)):
             raise TypeError(f"{key}: unsupported table type {type(value).__name__}")
         name = m.group(1)
-        if name.startswith("packed__"):  # torchrec_me.modules.layouts.PACKED_PREFIX
+        if is_packed_table(name):
             raise ValueError(
                 f"table {name!r} packs the K sets column-wise (model.layout=packed); the collapse "
                 "analysis needs per-set tables: train with model.layout=separate or grouped"
@@ -200,6 +187,73 @@ def _needed_rows(weights: Sequence[Optional[Tensor]], r0: int, r1: int) -> Optio
     return idx + r0
 
 
+def _chunk_of(
+    a: _Piece, r0: int, r1: int, idx: Optional[Tensor], me: int, needs_comm: bool, device: torch.device
+) -> Tensor:
+    """Rows [r0, r1) (or the global ids ``idx``) of piece ``a`` on this rank.
+
+    With ``needs_comm`` the owner broadcasts them and every rank takes part, including
+    those that then compute nothing with them.
+    """
+    if needs_comm and me != a.owner:
+        n = r1 - r0 if idx is None else idx.numel()
+        buf = torch.empty(n, a.cols, dtype=a.dtype, device=device)
+    elif a.local is None:
+        if needs_comm:
+            raise RuntimeError(f"rank {me} owns a shard it does not hold locally")
+        raise RuntimeError(f"rank {me} must compute a block of a shard it does not hold")
+    else:
+        buf = _rows(a.local, a.row0, r0, r1, idx)
+    if needs_comm:
+        buf = buf.contiguous()
+        dist.broadcast(buf, src=a.owner)
+    return buf
+
+
+def _overlap(
+    rows_a: Tensor, a: _Piece, b: _Piece, r0: int, r1: int, idx: Optional[Tensor]
+) -> Optional[Tuple[Tensor, Tensor, Union[slice, Tensor]]]:
+    """(rows of a, rows of b, their global row ids) that the chunk of ``a`` shares with ``b``.
+
+    ``rows_a`` holds the chunk's rows [r0, r1) (or the global ids ``idx``); None when
+    ``b`` holds none of them.
+    """
+    assert b.local is not None, "the caller checks that this rank holds b"
+    b0, b1 = b.row0, b.row0 + b.rows
+    if idx is None:
+        s0, s1 = max(r0, b0), min(r1, b1)
+        if s0 >= s1:
+            return None
+        sub_a = rows_a[s0 - r0 : s1 - r0]
+        return sub_a, (b.local[s0 - b0 : s1 - b0] if b is not a else sub_a), slice(s0, s1)
+    pos = ((idx >= b0) & (idx < b1)).nonzero().squeeze(1)
+    if pos.numel() == 0:
+        return None
+    rows_w = idx[pos]
+    sub_a = rows_a.index_select(0, pos)
+    return sub_a, (b.local.index_select(0, rows_w - b0) if b is not a else sub_a), rows_w
+
+
+def _accumulate(
+    grams: List[Tensor],
+    weights: Sequence[Optional[Tensor]],
+    a: _Piece,
+    b: _Piece,
+    overlap: Tuple[Tensor, Tensor, Union[slice, Tensor]],
+) -> None:
+    """Add block ``E[r, C_a]^T diag(w) E[r, C_b]`` (and its transpose) to every variant's Gram."""
+    sub_a, sub_b, rows_w = overlap
+    sub_b = sub_b.to(device=sub_a.device, dtype=torch.float64)
+    ca = slice(a.col0, a.col0 + a.cols)
+    cb = slice(b.col0, b.col0 + b.cols)
+    for g, w in zip(grams, weights):
+        left = sub_a if w is None else sub_a * w[rows_w].unsqueeze(1)
+        block = left.T @ sub_b
+        g[ca, cb] += block
+        if b is not a:
+            g[cb, ca] += block.T
+
+
 def _group_grams(
     pieces: List[_Piece],
     dim: int,
@@ -227,51 +281,18 @@ def _group_grams(
         for r0 in range(a.row0, a.row0 + a.rows, chunk_rows):
             r1 = min(r0 + chunk_rows, a.row0 + a.rows)
             idx = _needed_rows(weights, r0, r1)
-            n = r1 - r0 if idx is None else idx.numel()
-            if n == 0:
+            if idx is not None and idx.numel() == 0:
                 continue
-            if needs_comm:
-                if me == a.owner:
-                    if a.local is None:
-                        raise RuntimeError(f"rank {me} owns a shard it does not hold locally")
-                    buf = _rows(a.local, a.row0, r0, r1, idx).contiguous()
-                else:
-                    buf = torch.empty(n, a.cols, dtype=a.dtype, device=device)
-                dist.broadcast(buf, src=a.owner)
-                if not mine:
-                    continue
-            else:
-                if a.local is None:
-                    raise RuntimeError(f"rank {me} must compute a block of a shard it does not hold")
-                buf = _rows(a.local, a.row0, r0, r1, idx)
+            buf = _chunk_of(a, r0, r1, idx, me, needs_comm, device)
+            if not mine:
+                continue
             rows_a = buf.to(device=device, dtype=torch.float64)
             for b in mine:
                 if b.local is None:
                     raise RuntimeError(f"rank {me} must compute a block of a shard it does not hold")
-                b0, b1 = b.row0, b.row0 + b.rows
-                if idx is None:
-                    s0, s1 = max(r0, b0), min(r1, b1)
-                    if s0 >= s1:
-                        continue
-                    sub_a = rows_a[s0 - r0 : s1 - r0]
-                    sub_b = b.local[s0 - b0 : s1 - b0] if b is not a else sub_a
-                    rows_w: Union[slice, Tensor] = slice(s0, s1)
-                else:
-                    pos = ((idx >= b0) & (idx < b1)).nonzero().squeeze(1)
-                    if pos.numel() == 0:
-                        continue
-                    rows_w = idx[pos]
-                    sub_a = rows_a.index_select(0, pos)
-                    sub_b = b.local.index_select(0, rows_w - b0) if b is not a else sub_a
-                sub_b = sub_b.to(device=device, dtype=torch.float64)
-                ca = slice(a.col0, a.col0 + a.cols)
-                cb = slice(b.col0, b.col0 + b.cols)
-                for g, w in zip(grams, weights):
-                    left = sub_a if w is None else sub_a * w[rows_w].unsqueeze(1)
-                    block = left.T @ sub_b
-                    g[ca, cb] += block
-                    if b is not a:
-                        g[cb, ca] += block.T
+                overlap = _overlap(rows_a, a, b, r0, r1, idx)
+                if overlap is not None:
+                    _accumulate(grams, weights, a, b, overlap)
     return grams
 
 
@@ -319,12 +340,62 @@ def _check_same_weights(flat_weights: List[Tensor], device: torch.device) -> Non
         raise ValueError("row weights differ between ranks; pass the same (e.g. synced) weights on every rank")
 
 
+def _group_weights(
+    gname: str, num_rows: int, row_weights: Sequence[Optional[Mapping[str, Tensor]]], device: torch.device
+) -> List[Optional[Tensor]]:
+    """Group ``gname``'s (N,) float64 row weight per variant (None = every row), checked."""
+    weights: List[Optional[Tensor]] = []
+    for variant in row_weights:
+        if variant is None:
+            weights.append(None)
+            continue
+        w = variant[gname]
+        if w.dim() != 1 or w.numel() != num_rows:
+            raise ValueError(f"group {gname!r}: row weights of shape {tuple(w.shape)}, need ({num_rows},)")
+        weights.append(w.detach().to(device=device, dtype=torch.float64))
+    return weights
+
+
+def _plan_group(
+    gname: str,
+    members: Sequence[EmbeddingTable],
+    row_weights: Sequence[Optional[Mapping[str, Tensor]]],
+    device: torch.device,
+) -> Tuple[List[_Piece], int, List[Optional[Tensor]]]:
+    """(pieces of the concatenated tables, their total dim, row weights) of one group."""
+    if not members:
+        raise ValueError(f"group {gname!r} has no tables")
+    rows = {t.num_rows for t in members}
+    if len(rows) != 1:
+        raise ValueError(f"group {gname!r}: tables have different row counts {sorted(rows)}")
+    pieces: List[_Piece] = []
+    shift = 0
+    for t in members:
+        pieces.extend(_pieces(t.weight, shift))
+        shift += t.dim
+    return pieces, shift, _group_weights(gname, rows.pop(), row_weights, device)
+
+
+def _sum_over_ranks(grams: Dict[str, List[Tensor]]) -> None:
+    """Replace every Gram by its sum over ranks, in one all-reduce."""
+    if not grams:
+        return
+    flat = torch.cat([g.flatten() for gs in grams.values() for g in gs])
+    dist.all_reduce(flat)
+    offset = 0
+    for gs in grams.values():
+        for i, g in enumerate(gs):
+            gs[i] = flat[offset : offset + g.numel()].view_as(g)
+            offset += g.numel()
+
+
 def _gram_matrices(
     tables: Mapping[str, EmbeddingTable],
     groups: Mapping[str, Sequence[str]],
     row_weights: Sequence[Optional[Mapping[str, Tensor]]],
     chunk_rows: int,
 ) -> Dict[str, List[Tensor]]:
+    """:func:`gram_matrices` of tables already found (see there for the arguments)."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     if not row_weights:
@@ -333,48 +404,17 @@ def _gram_matrices(
     collective = _is_collective(used)
     me = dist.get_rank() if collective else 0
     device = _work_device(used, collective)
-
-    plan: List[Tuple[str, List[_Piece], int, List[Optional[Tensor]]]] = []
-    flat_weights: List[Tensor] = []
-    for gname, names in groups.items():
-        if not names:
-            raise ValueError(f"group {gname!r} has no tables")
-        members = [tables[n] for n in names]
-        rows = {t.num_rows for t in members}
-        if len(rows) != 1:
-            raise ValueError(f"group {gname!r}: tables have different row counts {sorted(rows)}")
-        num_rows = rows.pop()
-        pieces: List[_Piece] = []
-        shift = 0
-        for t in members:
-            pieces.extend(_pieces(t.weight, shift))
-            shift += t.dim
-        weights: List[Optional[Tensor]] = []
-        for variant in row_weights:
-            if variant is None:
-                weights.append(None)
-                continue
-            w = variant[gname]
-            if w.dim() != 1 or w.numel() != num_rows:
-                raise ValueError(f"group {gname!r}: row weights of shape {tuple(w.shape)}, need ({num_rows},)")
-            w = w.detach().to(device=device, dtype=torch.float64)
-            weights.append(w)
-            flat_weights.append(w)
-        plan.append((gname, pieces, shift, weights))
-
+    plan = {
+        gname: _plan_group(gname, [tables[n] for n in names], row_weights, device) for gname, names in groups.items()
+    }
     if collective:
-        _check_same_weights(flat_weights, device)
-    out: Dict[str, List[Tensor]] = {}
-    for gname, pieces, dim, weights in plan:
-        out[gname] = _group_grams(pieces, dim, weights, chunk_rows, me, collective, device)
-    if collective and out:
-        flat = torch.cat([g.flatten() for gs in out.values() for g in gs])
-        dist.all_reduce(flat)
-        offset = 0
-        for gs in out.values():
-            for i, g in enumerate(gs):
-                gs[i] = flat[offset : offset + g.numel()].view_as(g)
-                offset += g.numel()
+        _check_same_weights([w for _, _, ws in plan.values() for w in ws if w is not None], device)
+    out = {
+        gname: _group_grams(pieces, dim, weights, chunk_rows, me, collective, device)
+        for gname, (pieces, dim, weights) in plan.items()
+    }
+    if collective:
+        _sum_over_ranks(out)
     return {k: [g.cpu() for g in gs] for k, gs in out.items()}
 
 

@@ -161,6 +161,33 @@ def check_ids(block: Block, layout: Layout, where: str) -> None:
             )
 
 
+def check_footer(md: pq.FileMetaData, layout: Layout, where: str) -> None:
+    """Check a split file's footer against ``layout``: its columns, and its ids by the row
+    groups' min/max statistics, without reading any data (row groups without statistics
+    are left to :func:`check_ids` as they are decoded).
+
+    Raises:
+        DatasetError: a column is missing.
+        IdOutOfRangeError: a row group holds an id outside its feature's table.
+    """
+    names = set(md.schema.to_arrow_schema().names)
+    missing = [c for c in ["label", *layout.dense, *layout.features] if c not in names]
+    if missing:
+        raise DatasetError(f"{where} lacks the columns {', '.join(missing)} that metadata.json lists")
+    sizes = dict(zip(layout.features, layout.num_embeddings))
+    columns = [(i, top) for i in range(md.num_columns) if (top := md.schema.column(i).path.split(".")[0]) in sizes]
+    for r in range(md.num_row_groups):
+        group = md.row_group(r)
+        for i, name in columns:
+            stats = group.column(i).statistics
+            if stats is not None and stats.has_min_max and (stats.min < 0 or stats.max >= sizes[name]):
+                raise IdOutOfRangeError(
+                    f"feature {name!r} has ids up to {stats.max} (min {stats.min}) in {where} row group {r}, outside "
+                    f"its table [0, {sizes[name]}): the data does not match metadata.json (modified after "
+                    "`torchrec-me prepare`?)"
+                )
+
+
 def to_batch(block: Block, layout: Layout) -> Batch:
     """The Batch of a block: dense (B, num_dense), the KJT drawn in the module docstring, labels (B,)."""
     b = block.n

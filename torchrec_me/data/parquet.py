@@ -26,9 +26,17 @@ such a row repeating row 0 with ``is_real=False``.
 thread ``prefetch`` batches ahead of the training loop; pyarrow and numpy release the
 GIL for the heavy parts.
 
-**Ids** are checked against the metadata's table sizes as each row group is decoded:
-an out-of-range id raises :class:`~torchrec_me.data.blocks.IdOutOfRangeError` naming the
-feature and row group, before any batch reaches FBGEMM.
+**Checks at start-up** (footers and the vocabulary only, no split is read): the
+vocabulary matches the metadata's sizes and its ``vocab_fingerprint``
+(:func:`~torchrec_me.data.store.vocab_fingerprint`, exposed as :attr:`fingerprint`);
+each split file is readable Parquet with the metadata's row count and columns, and is
+not empty; its row groups' min/max statistics keep every id inside its table. Any
+failure is one :class:`~torchrec_me.data.store.DatasetError` naming the file.
+
+**Ids** are checked again against the metadata's table sizes as each row group is
+decoded: an out-of-range id raises :class:`~torchrec_me.data.blocks.IdOutOfRangeError`
+naming the feature and row group, before any batch reaches FBGEMM. A row group that
+cannot be decoded (a corrupt file) raises a ``DatasetError`` naming the file.
 """
 
 import bisect
@@ -38,13 +46,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torchrec.datasets.utils import Batch
 
 from torchrec_me.config import DataConfig
-from torchrec_me.data.blocks import Block, Layout, read_row_group, to_batch
-from torchrec_me.data.store import PATH_MANAGER, DatasetError, join, load_metadata
+from torchrec_me.data.blocks import Block, Layout, check_footer, read_row_group, to_batch
+from torchrec_me.data.store import (
+    FINGERPRINT_KEY, PATH_MANAGER, SPLITS, VOCAB_FILE, DatasetError, arrow_reason, join, load_metadata,
+    vocab_fingerprint,
+)  # fmt: skip
 
 T = TypeVar("T")
 _END = object()
@@ -110,6 +122,10 @@ class ParquetDataset:
             groups of decoded int64 ids).
         prefetch (int): batches decoded ahead by the background thread.
 
+    Raises:
+        DatasetError: on construction, when a check at start-up fails (see the module
+            docstring); later, when a row group cannot be decoded or holds a bad id.
+
     Example::
 
         ds = ParquetDataset(DataConfig(name="parquet", path="criteo-prepared"))
@@ -138,6 +154,25 @@ class ParquetDataset:
             list(self.meta["dense_features"]),
         )  # fmt: skip
         self._groups: Dict[str, List[RowGroup]] = {}
+        self.fingerprint: str = self._check_vocabularies()
+        for split in SPLITS:
+            if not sum(g.rows for g in self.row_groups(split)):
+                raise DatasetError(
+                    f"the {split} split of {self.path} is empty; training needs train, val and test rows: prepare "
+                    "it again from more data"
+                )
+
+    def _check_vocabularies(self) -> str:
+        """The vocabulary fingerprint, recomputed and checked against the one ``prepare`` stored."""
+        name = self.meta.get("vocab_file", VOCAB_FILE)
+        fingerprint = vocab_fingerprint(PATH_MANAGER.get_local_path(join(self.path, name)), self.meta["sparse_features"])
+        stored = self.meta.get(FINGERPRINT_KEY)  # absent in datasets prepared before it existed
+        if stored is not None and stored != fingerprint:
+            raise DatasetError(
+                f"{name} of {self.path} does not match the {FINGERPRINT_KEY} of its metadata.json: the vocabulary "
+                "was replaced after `torchrec-me prepare`"
+            )
+        return fingerprint
 
     # ------------------------------------------------------------------ row groups
 
@@ -148,7 +183,11 @@ class ParquetDataset:
             if info is None:
                 raise DatasetError(f"{self.path} has no split {split!r}; it has {', '.join(self.meta['splits'])}")
             local = PATH_MANAGER.get_local_path(join(self.path, info["file"]))
-            md = pq.ParquetFile(local).metadata
+            try:
+                md = pq.ParquetFile(local).metadata
+            except (pa.ArrowException, OSError) as e:
+                raise DatasetError(f"cannot read {local} (corrupt or truncated?): {arrow_reason(e)}") from None
+            check_footer(md, self.layout, local)
             groups, start = [], 0
             for i in range(md.num_row_groups):
                 rows = md.row_group(i).num_rows
@@ -163,9 +202,12 @@ class ParquetDataset:
         files: Dict[str, pq.ParquetFile] = {}
 
         def read(g: RowGroup) -> Block:
-            if g.file not in files:
-                files[g.file] = pq.ParquetFile(g.file, memory_map=True)
-            return read_row_group(files[g.file], g.index, self.layout, g.file)
+            try:
+                if g.file not in files:
+                    files[g.file] = pq.ParquetFile(g.file, memory_map=True)
+                return read_row_group(files[g.file], g.index, self.layout, g.file)
+            except (pa.ArrowException, OSError) as e:
+                raise DatasetError(f"cannot read row group {g.index} of {g.file} (corrupt?): {arrow_reason(e)}") from None
 
         return read
 

@@ -8,19 +8,39 @@ Every path the reader (and ``prepare``'s ``--input``) opens goes through
     from torchrec_me.data.store import PATH_MANAGER
     PATH_MANAGER.register_handler(S3PathHandler())
 
-``metadata.json`` is written last by ``prepare`` (see :mod:`.prepare`), so a
-directory without it is an interrupted run and is refused.
+``metadata.json`` is written last by ``prepare`` (see
+:mod:`torchrec_me.data.prepare.output`), so a directory without it is an interrupted
+run and is refused. The names both halves share (the metadata file, the vocabulary
+file, the splits, the format and its version) are defined here, on the reader's side,
+and the converter imports them.
+
+**Vocabulary fingerprint.** :func:`vocab_fingerprint` hashes what the ids mean: per
+sparse feature, in metadata order, its name, its table size and its kept tokens in id
+order (not their counts, not the file's bytes, so equal vocabularies written by another
+pyarrow give the same fingerprint). ``prepare`` stores it in ``metadata.json`` as
+``vocab_fingerprint``; the reader recomputes it, so a replaced ``vocab.parquet`` is
+caught, and a checkpoint can record which vocabularies its tables were trained on.
 """
 
+import hashlib
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, PathManager
 
 METADATA_FILE = "metadata.json"
+VOCAB_FILE = "vocab.parquet"
+FINGERPRINT_KEY = "vocab_fingerprint"
+SPLITS: Tuple[str, ...] = ("train", "val", "test")
 FORMAT_NAME = "torchrec_me.parquet"
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (FORMAT_VERSION,)
 _REQUIRED_KEYS = ("dense_features", "sparse_features", "splits", "preprocessing")
+_FINGERPRINT_TAG = b"torchrec_me.vocab.v1\0"
 
 
 class DatasetError(ValueError):
@@ -28,6 +48,7 @@ class DatasetError(ValueError):
 
 
 def strip_file_uri(path: str) -> str:
+    """``path`` without a leading ``file://``: the local path the URI names."""
     return path[len("file://") :] if path.startswith("file://") else path
 
 
@@ -94,3 +115,63 @@ def load_metadata(path: str) -> Dict[str, Any]:
     if missing:
         raise DatasetError(f"{meta_path} lacks {', '.join(missing)}")
     return meta
+
+
+def arrow_reason(e: BaseException) -> str:
+    """The first line of an Arrow or I/O error, for a one-line message."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def vocab_fingerprint(vocab_path: str, sparse_features: Sequence[Mapping[str, Any]]) -> str:
+    """The sha256 (hex) of the vocabularies in the local file ``vocab_path``; see the module docstring.
+
+    Also checks the file against ``sparse_features`` (the metadata's entries): each
+    feature must have exactly ``vocab_size - 1`` rows (the OOV id has none) with ids
+    ``0 .. vocab_size - 2``, and no other field may appear.
+
+    Raises:
+        DatasetError: the file cannot be read, or it disagrees with ``sparse_features``.
+    """
+    try:
+        table = pq.read_table(vocab_path, columns=["field", "token", "id"], read_dictionary=["field"])
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"cannot read {vocab_path} (corrupt or truncated?): {arrow_reason(e)}") from None
+    index = {str(f["name"]): k for k, f in enumerate(sparse_features)}
+    codes = [np.zeros(0, np.int64)]  # per row, its feature's position in sparse_features (-1: none)
+    for chunk in table.column("field").chunks:
+        known = np.array([index.get(v, -1) for v in chunk.dictionary.to_pylist()] + [-1], dtype=np.int64)
+        codes.append(known[chunk.indices.fill_null(len(known) - 1).to_numpy()])
+    code = np.concatenate(codes)
+    if (code < 0).any():
+        raise DatasetError(f"{vocab_path} has {int((code < 0).sum())} tokens of fields that metadata.json does not list")
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(len(sparse_features) + 1))
+    ids = table.column("id").to_numpy()
+    rows = []
+    for k, f in enumerate(sparse_features):
+        mine = order[bounds[k] : bounds[k + 1]]
+        mine = mine[np.argsort(ids[mine], kind="stable")]
+        size = int(f["vocab_size"])
+        if not np.array_equal(ids[mine], np.arange(size - 1)):
+            raise DatasetError(
+                f"{vocab_path} has {len(mine)} tokens of feature {f['name']!r} with ids {_id_range(ids[mine])}, but "
+                f"metadata.json says vocab_size {size} (ids 0..{size - 2} and the OOV id): they do not match"
+            )
+        rows.append(mine)
+    tokens = table.column("token").take(pa.array(np.concatenate(rows or [np.zeros(0, np.int64)])))
+    tokens = tokens.combine_chunks().cast(pa.large_string())
+    offsets = np.frombuffer(tokens.buffers()[1], np.int64)[tokens.offset : tokens.offset + len(tokens) + 1]
+    data = memoryview(tokens.buffers()[2] or b"")
+    digest = hashlib.sha256(_FINGERPRINT_TAG)
+    first = 0
+    for f, mine in zip(sparse_features, rows):
+        o = offsets[first : first + len(mine) + 1]
+        first += len(mine)
+        digest.update(json.dumps([str(f["name"]), int(f["vocab_size"])]).encode() + b"\0")
+        digest.update(np.diff(o).astype("<i8").tobytes())
+        digest.update(data[int(o[0]) : int(o[-1])])
+    return digest.hexdigest()
+
+
+def _id_range(ids: np.ndarray) -> str:
+    return f"{int(ids.min())}..{int(ids.max())}" if len(ids) else "none"

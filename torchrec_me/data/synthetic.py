@@ -18,10 +18,17 @@ Streams: batch ``g`` of a split is drawn from a generator seeded by
 ``(seed, split, g, batch_size)`` alone. Rank ``r`` of ``W`` takes global batches
 ``r, r + W, r + 2W, ...``; the rank streams are disjoint and their union is the
 single-process stream.
+
+Fingerprint (:func:`fingerprint`): what an id means here is fixed by the seed, the
+vocabulary sizes and the teacher's dim (they fix the Zipf rank -> id permutations and
+the teacher's per-id vectors); ``zipf_alpha`` and ``positive_rate`` change only how
+often ids occur and the teacher's bias, so they are not part of it.
 """
 
+import hashlib
+import json
 import math
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +59,13 @@ def scaled_cardinalities(scale: float, max_cardinality: int) -> List[int]:
     ]
 
 
+def fingerprint(cfg: DataConfig, num_embeddings: Sequence[int]) -> str:
+    """The sha256 (hex) of what fixes the ids of :class:`SyntheticCriteo` (see the module docstring)."""
+    key = {"dataset": "synthetic-criteo/1", "seed": cfg.seed, "num_embeddings": list(num_embeddings),
+           "teacher_dim": cfg.teacher_dim}  # fmt: skip
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 class SyntheticCriteo:
     """Criteo-shaped batches from a hidden teacher; see the module docstring.
 
@@ -74,6 +88,7 @@ class SyntheticCriteo:
             cfg.cardinality_scale, cfg.max_cardinality
         )
         self.feature_names: List[str] = [f"C{i + 1}" for i in range(len(self.num_embeddings))]
+        self.fingerprint: str = fingerprint(cfg, self.num_embeddings)
         g = torch.Generator().manual_seed(self._seed("teacher", 0, 0))
         F = len(self.num_embeddings)
         sizes = torch.tensor(self.num_embeddings)
@@ -154,18 +169,28 @@ class SyntheticCriteo:
             yield self.batch("train", step * world_size + rank, batch_size)[0]
             step += 1
 
+    def eval_ranges(self, split: str, rank: int, world_size: int, batch_size: int) -> List[Tuple[int, int, bool]]:
+        """``(first row, end row, is_real)`` of each of this rank's eval batches of ``split``.
+
+        The split has exactly ``val_samples`` rows in batches of ``batch_size`` (the last
+        one may be smaller), dealt round-robin over the ranks. Every rank gets the same
+        number of batches, as sharded forwards are collective; a rank that has run out
+        gets a repeat of batch 0 flagged ``is_real=False``.
+        """
+        rows = self.cfg.val_samples
+        n = math.ceil(rows / batch_size)
+        ranges = []
+        for i in range(math.ceil(n / world_size)):
+            index = i * world_size + rank
+            lo = index * batch_size if index < n else 0
+            ranges.append((lo, min(lo + batch_size, rows), index < n))
+        return ranges
+
     def eval_batches(
         self, split: str, rank: int, world_size: int, batch_size: int
     ) -> Iterator[Tuple[Batch, Optional[torch.Tensor], bool]]:
-        """This rank's share of ``split``: (batch, teacher probability, is_real).
-
-        The split is ``max(1, val_samples // batch_size)`` full batches. Every rank yields
-        the same number of equally sized batches, as sharded forwards are collective; a
-        rank that has run out gets a repeat of batch 0 flagged ``is_real=False``.
-        """
-        n = max(1, self.cfg.val_samples // batch_size)
-        for i in range(math.ceil(n / world_size)):
-            index = i * world_size + rank
-            real = index < n
-            batch, prob = self.batch(split, index if real else 0, batch_size)
+        """This rank's share of ``split``: (batch, teacher probability, is_real), one per
+        :meth:`eval_ranges` entry."""
+        for lo, hi, real in self.eval_ranges(split, rank, world_size, batch_size):
+            batch, prob = self.batch(split, lo // batch_size, hi - lo)
             yield batch, prob, real

@@ -11,22 +11,27 @@ Layout of a run directory::
     RUN/checkpoints/best_step_00000020/  the best checkpoint by validation AUC, same layout
 
 A directory without ``.complete`` is an interrupted write: it is ignored (with a
-warning) and removed by the next prune. DCP saves every rank's shards in parallel and
+warning) and removed by the next prune. ``meta.json`` holds the sha256 of every other
+file; a checkpoint whose files no longer match (bit flips, truncation, a lost file) is
+corrupt: :func:`latest_checkpoint` falls back to the newest intact one with a warning
+naming both, and :func:`load_checkpoint` refuses it. DCP saves every rank's shards in parallel and
 can load them at another world size (resharding).
 """
 
+import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+
+from torchrec_me.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,58 @@ def is_complete(path: Path) -> bool:
     return (Path(path) / COMPLETE).is_file()
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint's files do not match the checksums its meta recorded."""
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(path: Path) -> Dict[str, str]:
+    """sha256 of every file of checkpoint ``path`` but the meta and the marker."""
+    return {
+        str(f.relative_to(path)): _digest(f)
+        for f in sorted(Path(path).rglob("*"))
+        if f.is_file() and f.name not in (META, COMPLETE)
+    }
+
+
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why checkpoint ``path`` cannot be trusted, or None when it is complete and intact."""
+    path = Path(path)
+    if not is_complete(path):
+        return f"no {COMPLETE} marker (an interrupted write)"
+    try:
+        expected = read_meta(path)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its {META} is unreadable or lacks checksums ({type(e).__name__}: {e})"
+    actual = file_digests(path)
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            return f"file {name} is missing"
+        if name not in expected:
+            return f"file {name} was not part of the checkpoint"
+        if actual[name] != expected[name]:
+            return f"file {name} does not match its sha256 (corrupt or truncated)"
+    return None
+
+
+def _newest_intact(paths: List[Path]) -> Optional[Path]:
+    """The newest of ``paths`` (oldest first) that is intact; warns naming what it skips."""
+    for i in range(len(paths) - 1, -1, -1):
+        problem = checkpoint_problem(paths[i])
+        if problem is None:
+            return paths[i]
+        fallback = paths[i - 1] if i > 0 else None
+        logger.warning("checkpoint %s is corrupt: %s; falling back to %s", paths[i], problem, fallback or "none")
+    return None
+
+
 def list_checkpoints(run_dir: Path) -> List[Path]:
     """Complete step checkpoints, oldest first; incomplete ones are reported and skipped."""
     root = checkpoints_dir(run_dir)
@@ -60,14 +117,15 @@ def list_checkpoints(run_dir: Path) -> List[Path]:
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest complete and intact step checkpoint (see the module docstring)."""
+    return _newest_intact(list_checkpoints(run_dir))
 
 
 def best_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete and intact best checkpoint."""
     root = checkpoints_dir(run_dir)
     found = [p for p in sorted(root.glob(f"{BEST_PREFIX}*")) if is_complete(p)] if root.is_dir() else []
-    return found[-1] if found else None
+    return _newest_intact(found)
 
 
 def step_path(run_dir: Path, step: int, best: bool = False) -> Path:
@@ -85,12 +143,6 @@ def read_extra(path: Path) -> Dict[str, Any]:
 
 def _app_state(model: nn.Module, optimizer: CombinedOptimizer) -> Dict[str, Any]:
     return {"model": model.state_dict(), "optim": optimizer.state_dict()}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -116,8 +168,9 @@ def save_checkpoint(
     if rank == 0:
         if extra is not None:
             torch.save(extra, path / EXTRA)
-        _write_atomic(path / META, json.dumps({**meta, "world_size": dist.get_world_size()}, indent=2))
-        _write_atomic(path / COMPLETE, "")
+        meta = {**meta, "world_size": dist.get_world_size(), "files": file_digests(path)}
+        write_text_atomic(path / META, json.dumps(meta, indent=2))
+        write_text_atomic(path / COMPLETE, "")
     dist.barrier()
     return path
 
@@ -139,8 +192,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optional[CombinedOp
     Restores this rank's RNG state when the checkpoint has one for it. Returns the meta.
     """
     path = Path(path)
-    if not is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+    problem = [checkpoint_problem(path) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be loaded: {problem[0]}")
     if optimizer is not None:
         init_optimizer_state(optimizer)
         state = _app_state(model, optimizer)
@@ -157,32 +212,33 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optional[CombinedOp
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Rank 0 keeps the newest ``keep_last`` step checkpoints and the newest best one,
-    and removes incomplete writes older than the newest complete checkpoint."""
+    """Rank 0 keeps the newest ``keep_last`` intact step checkpoints and the newest intact
+    best one; it removes older ones, corrupt ones among them, and incomplete writes older
+    than the newest kept checkpoint. An intact checkpoint is never removed to make room
+    for a corrupt one."""
     if dist.get_rank() != 0:
         return
     root = checkpoints_dir(run_dir)
     for prefix, keep in ((STEP_PREFIX, keep_last), (BEST_PREFIX, 1)):
         paths = sorted(root.glob(f"{prefix}*"))
-        complete = [p for p in paths if is_complete(p)]
-        for p in complete[: max(0, len(complete) - keep)]:
-            shutil.rmtree(p, ignore_errors=True)
-        if complete:
-            for p in paths:
-                if not is_complete(p) and p.name < complete[-1].name:
-                    shutil.rmtree(p, ignore_errors=True)
+        kept: List[Path] = []
+        for p in reversed([p for p in paths if is_complete(p)]):
+            if len(kept) < keep and checkpoint_problem(p) is None:
+                kept.append(p)
+        if not kept:
+            continue
+        for p in paths:
+            if p not in kept and p.name < kept[0].name:
+                shutil.rmtree(p, ignore_errors=True)
 
 
-def load_sharded_model(path: Path, cfg: Any, dataset: Any, ctx: Any) -> nn.Module:
-    """Collective: ``cfg``'s model over ``dataset``'s tables, sharded at the current world
-    size, with the weights of checkpoint ``path`` (DCP reshards them as needed)."""
-    from torchrec_me.distributed.sharding import apply_sparse_optimizer, plan_and_shard
-    from torchrec_me.models import MultiEmbeddingTrain, build_model
-
-    module = MultiEmbeddingTrain(
-        build_model(cfg.model, dataset.feature_names, dataset.num_embeddings, torch.device("meta"), dataset.num_dense)
-    )
-    apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
-    dmp, _ = plan_and_shard(module, ctx, cfg.train.batch_size)
-    load_checkpoint(path, dmp)
-    return dmp
+def resolve_checkpoint(path: str) -> Tuple[Path, Optional[Path]]:
+    """(checkpoint dir, run dir or None) for a checkpoint dir, or a run dir (its newest)."""
+    p = Path(path)
+    if is_complete(p):
+        run = p.parent.parent if p.parent.name == "checkpoints" else None
+        return p, run
+    latest = latest_checkpoint(p)
+    if latest is None:
+        raise FileNotFoundError(f"{path!r} is neither a complete checkpoint nor a run dir with an intact one")
+    return latest, p

@@ -2,13 +2,11 @@
 
 glibc serves large allocations with ``mmap`` and gives freed memory back (``munmap``,
 heap trimming), so every training step faults in and zeroes its (B, N) activations
-afresh: on 2 cores, ME-DCNv2 K=4 at batch 2048 took about 20,000 minor page faults per
-step and spent 7% of its CPU time in the kernel. Raising the mmap and trim thresholds
-(``mallopt``) makes the heap keep those pages for the next step, the glibc counterpart of
-the tcmalloc/jemalloc preload that CPU training recipes use: in two A/B pairs of
-``benchmarks/throughput.py`` (ME-DCNv2 K=4, 2 cores) it gave 6% and 9% more samples/s
-and a quarter less kernel time. Memory freed stays reserved by the process (its peak
-resident set is unchanged). Called by ``init_distributed``.
+afresh. Raising the mmap and trim thresholds (``mallopt``) makes the heap keep those
+pages for the next step, the glibc counterpart of the tcmalloc/jemalloc preload that CPU
+training recipes use (its effect on samples/s and kernel time is measured in
+``benchmarks/README.md``). Memory freed stays reserved by the process (its peak resident
+set is unchanged). Called by ``init_distributed``.
 """
 
 import ctypes

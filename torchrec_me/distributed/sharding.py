@@ -5,6 +5,7 @@ planner ``Topology``; nothing else changes.
 """
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Type
 
@@ -38,12 +39,34 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def restart_attempt() -> int:
+    """Which attempt of a torchrun/TorchX job this process belongs to (0: the first)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def _attempt_store(rank: int, world_size: int) -> dist.Store:
+    """The job's TCPStore, with keys scoped to this restart attempt.
+
+    torchrun keeps its agent's store across worker restarts, and gloo's rendezvous keys
+    are the same in every attempt: a restarted rank then reads the dead rank's old
+    address and fails with ``Gloo connectFullMesh failed ... Connection refused``.
+    Prefixing every key with the attempt number gives each attempt a clean namespace.
+    """
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+        is_master=not use_agent_store and rank == 0, timeout=timedelta(minutes=30), wait_for_workers=False,
+    )  # fmt: skip
+    return dist.PrefixStore(f"torchrec_me/attempt_{restart_attempt()}", store)
+
+
 def init_distributed(device_name: str = "auto") -> DistContext:
     """Join the process group torchrun describes, or make a one-process group.
 
     TorchRec's sharded modules always need a process group, so a plain
-    ``torchrec-me train`` runs as world size 1 with an in-memory store. Also keeps freed
-    tensor memory in the process (:func:`keep_freed_memory`: 6-9% faster CPU steps, measured).
+    ``torchrec-me train`` runs as world size 1 with an in-memory store. Under torchrun
+    the group's store is scoped to the restart attempt, so ``--max-restarts`` works.
+    Also keeps freed tensor memory in the process (:func:`keep_freed_memory`).
     """
     keep_freed_memory()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -53,7 +76,8 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend=backend)
+            rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size), rank=rank, world_size=world_size)
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistContext(
@@ -83,8 +107,8 @@ def plan_and_shard(
     1/M of the topology's memory for M EBCs, so every EBC's tables are spread over all
     ranks. One plan over all K*F tables balances only the total: it put each set of
     ME-DCNv2-4x whole on one of 2 ranks, and since each EBC's output distribution is a
-    collective that waits for its owner's lookups, the ranks took turns (1.28x the step
-    time of one packed EBC, ``benchmarks/README.md``).
+    collective that waits for its owner's lookups, the ranks took turns (measured in
+    ``benchmarks/README.md``).
     """
     if plan is None:
         plan = plan_tables(model, ctx, batch_size, constraints, per_module, dist.GroupMember.WORLD)

@@ -1,10 +1,10 @@
 """Interaction layers TorchRec does not have, written by hand.
 
 TorchRec ships ``CrossNet`` (DCNv2), ``MLP`` and DLRM's dot interaction; these are the
-other operators of the multi-embedding paper's backbones. Each is tested against a
-plainly written loop in ``tests/modules``.
-
-Shapes: B batch, F fields, D embedding dim.
+other operators of the multi-embedding paper's backbones: IPNN's inner products,
+NFwFM's field-weighted bi-interaction, xDeepFM's CIN and FinalMLP's gate and fusion.
+Each is tested against a plainly written loop in ``tests/modules``. Shape letters as in
+:mod:`torchrec_me.modules`.
 """
 
 from typing import List, Sequence
@@ -16,7 +16,18 @@ from torch import nn
 class InnerProduct(nn.Module):
     """All pairwise inner products ``<e_i, e_j>``, i < j, in row-major pair order.
 
-    Shapes: (B, F, D) -> (B, F (F - 1) / 2). No parameters (IPNN's product layer).
+    IPNN's product layer, written by hand (TorchRec's DLRM ``InteractionArch`` also
+    concatenates a dense vector). No parameters.
+
+    Input (B, F, D); output (B, F (F - 1) / 2).
+
+    Args:
+        num_fields (int): F.
+
+    Example::
+
+        products = InnerProduct(num_fields=4)
+        out = products(torch.randn(8, 4, 12))  # (8, 6)
     """
 
     def __init__(self, num_fields: int) -> None:
@@ -26,6 +37,13 @@ class InnerProduct(nn.Module):
         self.register_buffer("cols", cols, persistent=False)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            embeddings (torch.Tensor): (B, F, D).
+
+        Returns:
+            torch.Tensor: (B, F (F - 1) / 2), pair (i, j) with i < j in row-major order.
+        """
         gram = torch.bmm(embeddings, embeddings.transpose(1, 2))
         return gram[:, self.rows, self.cols]
 
@@ -33,14 +51,20 @@ class InnerProduct(nn.Module):
 class FieldWeightedFM(nn.Module):
     """NFwFM's field-weighted bi-interaction: ``o_e = sum_{i,j} R_ij v_ie v_je``.
 
-    The full learned F x F matrix R is used, diagonal and both triangles included, as in
-    the reference ``NFwFM`` (so a pair's effective weight is R_ij + R_ji). The result
-    keeps the embedding dim: it is a D-vector per sample, not a scalar as in FwFM.
+    Written by hand: TorchRec's ``FactorizationMachine`` has no field weights. The full
+    learned F x F matrix R is used, diagonal and both triangles included, as in the
+    reference ``NFwFM`` (so a pair's effective weight is R_ij + R_ji). The result keeps
+    the embedding dim: it is a D-vector per sample, not a scalar as in FwFM.
 
-    Shapes: (B, F, D) -> (B, D).
+    Input (B, F, D); output (B, D).
 
     Args:
         num_fields (int): F.
+
+    Example::
+
+        fwfm = FieldWeightedFM(num_fields=4)
+        out = fwfm(torch.randn(8, 4, 48))  # (8, 48)
     """
 
     def __init__(self, num_fields: int) -> None:
@@ -48,28 +72,38 @@ class FieldWeightedFM(nn.Module):
         self.field_weight = nn.Parameter(torch.randn(num_fields, num_fields))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        # sum_i v_ie * (sum_j R_ij v_je)
+        """
+        Args:
+            embeddings (torch.Tensor): (B, F, D).
+
+        Returns:
+            torch.Tensor: (B, D), ``sum_i v_i * (sum_j R_ij v_j)``.
+        """
         return (embeddings * torch.einsum("ij,bjd->bid", self.field_weight, embeddings)).sum(1)
 
 
 class CompressedInteraction(nn.Module):
     """xDeepFM's Compressed Interaction Network (CIN), without split-half.
 
-    Layer l: ``Z = x0 (outer over fields) h_{l-1}`` per embedding dim, giving
-    F * H_{l-1} channels of width D, then a 1x1 convolution (with bias) to H_l channels
-    and ReLU. Every layer's map is sum-pooled over D and the pooled vectors are
-    concatenated, as in the reference ``CIN``.
+    Written by hand: TorchRec has no CIN. Layer l: ``Z = x0 (outer over fields) h_{l-1}``
+    per embedding dim, giving F * H_{l-1} channels of width D, then a 1x1 convolution
+    (with bias) to H_l channels and ReLU. Every layer's map is sum-pooled over D and the
+    pooled vectors are concatenated, as in the reference ``CIN``.
 
-    Every sample is computed on its own (no batch statistics), so the batch is run in
-    chunks of at most ``CHUNK_BYTES`` of Z: at batch 2048, F = 39, D = 12 one Z is 150 MB,
-    and a step that writes and re-reads it is memory-bound (forward + backward of one
-    CIN took 540 ms on 2 CPU cores, in chunks of 128 samples 134 ms). Same math.
+    Every sample is computed on its own (no batch statistics), so the batch runs in
+    chunks whose Z stays within ``CHUNK_BYTES``: the whole batch's Z is large and a step
+    that writes and re-reads it is memory-bound. Chunking does not change the math.
 
-    Shapes: (B, F, D) -> (B, sum(layer_sizes)).
+    Input (B, F, D); output (B, sum(layer_sizes)).
 
     Args:
         num_fields (int): F (= H_0).
         layer_sizes (Sequence[int]): H_1, H_2, ... (the paper uses 16, 16).
+
+    Example::
+
+        cin = CompressedInteraction(num_fields=4, layer_sizes=[16, 16])
+        out = cin(torch.randn(8, 4, 12))  # (8, 32)
     """
 
     CHUNK_BYTES = 8 * 2**20
@@ -90,7 +124,7 @@ class CompressedInteraction(nn.Module):
         return max(1, self.CHUNK_BYTES // per_sample)
 
     def interact(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """The CIN on one chunk (any number of samples)."""
+        """The CIN on one chunk (any number of samples): (B', F, D) -> (B', sum(layer_sizes))."""
         x0 = embeddings
         h = embeddings
         pooled: List[torch.Tensor] = []
@@ -101,6 +135,13 @@ class CompressedInteraction(nn.Module):
         return torch.cat(pooled, dim=1)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            embeddings (torch.Tensor): (B, F, D).
+
+        Returns:
+            torch.Tensor: (B, sum(layer_sizes)), the sum-pooled maps of all layers.
+        """
         return cin_in_chunks(embeddings, self)
 
 
@@ -117,18 +158,23 @@ def cin_in_chunks(embeddings: torch.Tensor, cin: CompressedInteraction) -> torch
 class FeatureSelectionGate(nn.Module):
     """FinalMLP's feature selection: ``x * 2 sigmoid(MLP(c))`` with a learned context c.
 
-    The FinalMLP paper (Mao et al., 2023) gates the flattened embeddings of each stream
-    with ``2 * sigmoid`` of an MLP over a context; with no conditioning features the
-    context is a learned vector (initialised at zero, so the gate starts near 1 for
-    every field). The multi-embedding reference switched this gate off; here it works
-    and ``model.feature_selection=false`` turns it off.
+    Written by hand: TorchRec has no FinalMLP. The FinalMLP paper (Mao et al., 2023)
+    gates the flattened embeddings of each stream with ``2 * sigmoid`` of an MLP over a
+    context; with no conditioning features the context is a learned vector (initialised
+    at zero, so the gate starts near 1 for every field). ``model.feature_selection=false``
+    leaves the gate out, as the multi-embedding reference code does.
 
-    Shapes: (B, N) -> (B, N).
+    Input (B, N); output (B, N), N = F * D the flattened width.
 
     Args:
         context_dim (int): size of the learned context vector.
         hidden_dim (int): hidden width of the gate MLP.
         out_features (int): N, the flattened input width.
+
+    Example::
+
+        gate = FeatureSelectionGate(context_dim=12, hidden_dim=32, out_features=48)
+        out = gate(torch.randn(8, 48))  # (8, 48)
     """
 
     def __init__(self, context_dim: int, hidden_dim: int, out_features: int) -> None:
@@ -137,15 +183,31 @@ class FeatureSelectionGate(nn.Module):
         self.gate = nn.Sequential(nn.Linear(context_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (torch.Tensor): (B, N).
+
+        Returns:
+            torch.Tensor: (B, N), ``x`` scaled per column by the gate in (0, 2).
+        """
         return x * (2.0 * torch.sigmoid(self.gate(self.context)))
 
 
 class BilinearFusion(nn.Module):
     """FinalMLP's stream fusion: ``w_x.x + w_y.y + x^T W y + b`` (one head).
 
-    ``W`` starts at zero, as in the reference, so training starts from the linear part.
+    Written by hand: TorchRec has no FinalMLP. ``W`` starts at zero, as in the
+    reference, so training starts from the linear part.
 
-    Shapes: (B, H), (B, H) -> (B,).
+    Inputs two (B, H); output (B,).
+
+    Args:
+        dim (int): H, the width of each stream.
+
+    Example::
+
+        fusion = BilinearFusion(dim=16)
+        logits = fusion(torch.randn(8, 16), torch.randn(8, 16))  # (8,)
     """
 
     def __init__(self, dim: int) -> None:
@@ -155,5 +217,13 @@ class BilinearFusion(nn.Module):
         self.bilinear = nn.Parameter(torch.zeros(dim, dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (torch.Tensor): (B, H), stream 1.
+            y (torch.Tensor): (B, H), stream 2.
+
+        Returns:
+            torch.Tensor: (B,) logits.
+        """
         cross = ((x @ self.bilinear) * y).sum(-1)
         return (self.linear_x(x) + self.linear_y(y)).squeeze(-1) + cross

@@ -15,12 +15,13 @@ tables and FBGEMM kernels carry the K sets:
   wide row per id instead of K narrow ones. Set dims may differ (the columns of set k
   start at D_0 + ... + D_{k-1}).
 
-Packed equals K sets only under an element-wise sparse optimizer (``adagrad``, i.e.
-EXACT_ADAGRAD, ``sgd``, ``adam``): a row-wise optimizer such as the default
-``rowwise_adagrad`` keeps one state per row, which packed would share across the K sets
-and so couple their updates. The config refuses that combination (``model.layout``).
-The collapse analysis reads per-set tables ``set{k}__{feature}``: ``separate`` and
-``grouped`` have them; ``packed`` tables are refused there.
+Packed equals K sets only under an element-wise sparse optimizer (EXACT_ADAGRAD, SGD,
+Adam: ``SPARSE_OPTIMIZERS[name].elementwise`` in ``torchrec_me.distributed.optimizers``):
+a row-wise optimizer such as the default ``rowwise_adagrad`` keeps one state per row,
+which packed would share across the K sets and so couple their updates. The job builder
+refuses that combination (``model.layout``). The collapse analysis reads per-set tables
+``set{k}__{feature}``: ``separate`` and ``grouped`` have them; ``packed`` tables are
+refused there. Table names come from :mod:`torchrec_me.modules.naming`.
 """
 
 from dataclasses import dataclass
@@ -34,21 +35,13 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from torchrec_me.modules.multi_embedding import (
     MultiEmbeddingBagCollection,
     MultiEmbeddingSets,
-    check_set_dims,
-    set_table_name,
     split_keyed_tensor,
     table_configs,
 )
-
-PACKED_PREFIX = "packed__"
+from torchrec_me.modules.naming import packed_table_name, set_table_name
 
 # A leaf for torch.fx in this module too: TrainPipelineSparseDist traces the model.
 torch.fx.wrap("split_keyed_tensor")
-
-
-def packed_table_name(feature: str) -> str:
-    """Name of the packed table of ``feature``: ``packed__{feature}``."""
-    return f"{PACKED_PREFIX}{feature}"
 
 
 class GroupedMultiEmbeddingBagCollection(MultiEmbeddingSets):
@@ -56,9 +49,9 @@ class GroupedMultiEmbeddingBagCollection(MultiEmbeddingSets):
 
     Table ``set{k}__{feature}`` reads ``feature`` of the shared KJT; TorchRec names a
     feature read by several tables ``{feature}@{table}`` in the output, which is split
-    back into the K sets. Same shapes and arguments as
-    :class:`MultiEmbeddingBagCollection`: input one KJT with the F features; output K
-    tensors, set k of shape (B, F, D_k).
+    back into the K sets. Same arguments, input and output as
+    :class:`MultiEmbeddingBagCollection`: one KJT with the F features in, K tensors
+    out, set k of shape (B, F, D_k).
 
     Args:
         feature_names (Sequence[str]): the F sparse features, in output order.
@@ -69,24 +62,19 @@ class GroupedMultiEmbeddingBagCollection(MultiEmbeddingSets):
     Example::
 
         grouped = GroupedMultiEmbeddingBagCollection(["f1", "f2"], [10, 20], [8, 8])
-        outs = grouped(kjt)  # [(B, 2, 8), (B, 2, 8)]; tables set0__f1, set0__f2, set1__f1, ...
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["f1", "f2"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.ones(4, dtype=torch.int32)
+        )
+        outs = grouped(kjt)  # [(2, 2, 8), (2, 2, 8)]; tables set0__f1, set0__f2, set1__f1, set1__f2
     """
 
     layout = "grouped"
 
-    def __init__(
-        self,
-        feature_names: Sequence[str],
-        num_embeddings: Sequence[int],
-        embedding_dims: Sequence[int],
-        device: Optional[torch.device] = None,
-    ) -> None:
-        super().__init__()
-        check_set_dims(len(feature_names), num_embeddings, embedding_dims)
-        self.feature_names = list(feature_names)
-        self.embedding_dims = list(embedding_dims)
+    def _build(self, num_embeddings: List[int], device: Optional[torch.device]) -> None:
         tables = [
-            t for k, d in enumerate(self.embedding_dims) for t in table_configs(k, self.feature_names, num_embeddings, d)
+            table
+            for k, dim in enumerate(self.embedding_dims)
+            for table in table_configs(k, self.feature_names, num_embeddings, dim)
         ]
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
         names = get_embedding_names_by_table(tables)
@@ -103,6 +91,13 @@ class GroupedMultiEmbeddingBagCollection(MultiEmbeddingSets):
         ]
 
     def forward(self, features: KeyedJaggedTensor) -> List[torch.Tensor]:
+        """
+        Args:
+            features (KeyedJaggedTensor): the batch's KJT with the F features.
+
+        Returns:
+            List[torch.Tensor]: K tensors, set k of shape (B, F, D_k).
+        """
         sets = split_keyed_tensor(self.ebc(features), self._set_keys, self.embedding_dims)
         return [sets[k] for k in range(self.num_sets)]  # indexed: a list of K fx proxies when traced
 
@@ -119,41 +114,32 @@ class PackedMultiEmbeddingBagCollection(MultiEmbeddingSets):
     Args:
         feature_names (Sequence[str]): the F sparse features, in output order.
         num_embeddings (Sequence[int]): vocabulary size of each feature.
-        embedding_dims (Sequence[int]): D_k of each set (multiples of 4).
+        embedding_dims (Sequence[int]): D_k of each set (multiples of 4), may differ.
         device (Optional[torch.device]): where the tables live (``meta`` for DMP).
 
     Example::
 
         packed = PackedMultiEmbeddingBagCollection(["f1", "f2"], [10, 20], [8, 16])
-        outs = packed(kjt)  # [(B, 2, 8), (B, 2, 16)]; tables packed__f1, packed__f2 of dim 24
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["f1", "f2"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.ones(4, dtype=torch.int32)
+        )
+        outs = packed(kjt)  # [(2, 2, 8), (2, 2, 16)]; tables packed__f1, packed__f2 of dim 24
     """
 
     layout = "packed"
 
-    def __init__(
-        self,
-        feature_names: Sequence[str],
-        num_embeddings: Sequence[int],
-        embedding_dims: Sequence[int],
-        device: Optional[torch.device] = None,
-    ) -> None:
-        super().__init__()
-        check_set_dims(len(feature_names), num_embeddings, embedding_dims)
-        self.feature_names = list(feature_names)
-        self.embedding_dims = list(embedding_dims)
-        self.ebc = EmbeddingBagCollection(
-            tables=[
-                EmbeddingBagConfig(
-                    name=packed_table_name(f),
-                    embedding_dim=sum(self.embedding_dims),
-                    num_embeddings=n,
-                    feature_names=[f],
-                    pooling=PoolingType.SUM,
-                )
-                for f, n in zip(self.feature_names, num_embeddings)
-            ],
-            device=device,
-        )
+    def _build(self, num_embeddings: List[int], device: Optional[torch.device]) -> None:
+        tables = [
+            EmbeddingBagConfig(
+                name=packed_table_name(f),
+                embedding_dim=sum(self.embedding_dims),
+                num_embeddings=n,
+                feature_names=[f],
+                pooling=PoolingType.SUM,
+            )
+            for f, n in zip(self.feature_names, num_embeddings)
+        ]
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
 
     def _columns(self) -> List[Tuple[int, int]]:
         starts = [sum(self.embedding_dims[:k]) for k in range(self.num_sets)]
@@ -166,6 +152,13 @@ class PackedMultiEmbeddingBagCollection(MultiEmbeddingSets):
         ]
 
     def forward(self, features: KeyedJaggedTensor) -> List[torch.Tensor]:
+        """
+        Args:
+            features (KeyedJaggedTensor): the batch's KJT with the F features.
+
+        Returns:
+            List[torch.Tensor]: K column views, set k of shape (B, F, D_k).
+        """
         sets = _unpack(self.ebc(features), self.feature_names, self.embedding_dims)
         return [sets[k] for k in range(self.num_sets)]  # indexed: a list of K fx proxies when traced
 
@@ -200,10 +193,6 @@ LAYOUT_REGISTRY: Dict[str, Layout] = {
     "grouped": Layout(GroupedMultiEmbeddingBagCollection),
     "packed": Layout(PackedMultiEmbeddingBagCollection, elementwise_optimizer_only=True, per_set_tables=False),
 }
-
-# Config names of the fused sparse optimizers whose state and update are per element
-# (FBGEMM EXACT_ADAGRAD, EXACT_SGD, ADAM); ``rowwise_adagrad`` keeps one state per row.
-ELEMENTWISE_SPARSE_OPTIMIZERS: Tuple[str, ...] = ("adagrad", "sgd", "adam")
 
 
 def build_sets(

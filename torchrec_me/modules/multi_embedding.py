@@ -1,7 +1,9 @@
 """Multi-embedding sparse arch: K independent EmbeddingBagCollections on one KJT.
 
 This is the default ``separate`` layout of the K sets; ``torchrec_me.modules.layouts``
-has the ``grouped`` and ``packed`` alternatives and the registry that picks one.
+has the ``grouped`` and ``packed`` alternatives and the registry that picks one. Table
+names come from :mod:`torchrec_me.modules.naming`. Shape letters as in
+:mod:`torchrec_me.modules`.
 """
 
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -12,14 +14,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-
-def set_table_name(set_index: int, feature: str) -> str:
-    """Table name of ``feature`` in set ``set_index``: ``set{k}__{feature}``.
-
-    Planner ``ParameterConstraints`` are keyed by table name, so the prefix lets a
-    constraint target one set without touching the others.
-    """
-    return f"set{set_index}__{feature}"
+from torchrec_me.modules.naming import set_table_name
 
 
 def check_set_dims(num_features: int, num_embeddings: Sequence[int], embedding_dims: Sequence[int]) -> None:
@@ -85,22 +80,65 @@ def split_keyed_tensor(kt: KeyedTensor, groups: List[List[str]], dims: List[int]
 
 
 class MultiEmbeddingSets(nn.Module):
-    """What every layout of the K embedding sets provides (see ``modules.layouts``).
+    """K embedding sets for the same F features, in some layout over TorchRec modules.
 
-    Attributes:
-        feature_names (List[str]): the F features, in output order.
-        embedding_dims (List[int]): D_k of each of the K sets.
+    The base of every layout in ``torchrec_me.modules.layouts``: it checks the
+    arguments, keeps ``feature_names`` and ``embedding_dims``, and has the subclass
+    build its tables in ``_build``. Every layout computes the same model.
 
-    ``forward(kjt)`` returns K tensors, set k of shape (B, F, D_k).
+    Input: one ``KeyedJaggedTensor`` with the F features (one or more ids per feature and
+    sample, sum-pooled). Output: a list of K tensors, set k of shape (B, F, D_k),
+    features in the order of ``feature_names``.
+
+    Args:
+        feature_names (Sequence[str]): F names, the KJT keys read and the output order.
+        num_embeddings (Sequence[int]): rows of each feature's table, in every set.
+        embedding_dims (Sequence[int]): the K set dims D_k, multiples of 4 (FBGEMM).
+        device (Optional[torch.device]): device of the tables (``meta``: DMP allocates).
+
+    Example::
+
+        from torchrec_me.modules.layouts import build_sets
+
+        sets: MultiEmbeddingSets = build_sets("grouped", ["f1", "f2"], [10, 20], [8, 16])
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["f1", "f2"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.ones(4, dtype=torch.int32)
+        )
+        outs = sets(kjt)  # [(2, 2, 8), (2, 2, 16)]
     """
 
     layout: str
-    feature_names: List[str]
-    embedding_dims: List[int]
+
+    def __init__(
+        self,
+        feature_names: Sequence[str],
+        num_embeddings: Sequence[int],
+        embedding_dims: Sequence[int],
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__()
+        check_set_dims(len(feature_names), num_embeddings, embedding_dims)
+        self.feature_names: List[str] = list(feature_names)
+        self.embedding_dims: List[int] = list(embedding_dims)
+        self._build(list(num_embeddings), device)
 
     @property
     def num_sets(self) -> int:
         return len(self.embedding_dims)
+
+    def _build(self, num_embeddings: List[int], device: Optional[torch.device]) -> None:
+        """Create this layout's TorchRec modules for ``feature_names`` x ``embedding_dims``."""
+        raise NotImplementedError
+
+    def forward(self, features: KeyedJaggedTensor) -> List[torch.Tensor]:
+        """
+        Args:
+            features (KeyedJaggedTensor): the batch's KJT with the F features.
+
+        Returns:
+            List[torch.Tensor]: K tensors, set k of shape (B, F, D_k).
+        """
+        raise NotImplementedError
 
     def set_weights(self) -> List[Dict[str, torch.Tensor]]:
         """Per set, feature -> its (N_f, D_k) table as a view of the parameter (unsharded only)."""
@@ -122,12 +160,17 @@ class MultiEmbeddingBagCollection(MultiEmbeddingSets):
     planner sees K ordinary EBCs: each is planned, sharded and given a fused optimizer
     on its own, and ``TrainPipelineSparseDist`` pipelines all of them because every EBC
     consumes the batch's KJT unchanged. This is the ``separate`` layout (the default);
-    see ``torchrec_me.modules.layouts`` for one-EBC alternatives.
+    see ``torchrec_me.modules.layouts`` for one-EBC alternatives. Set k's EBC holds the
+    tables ``set{k}__{feature}``.
 
-    Shapes: B is the batch size, F the number of features, K the number of sets and
-    D_k the embedding dim of set k. Input: one KJT with the F features (one or more ids
-    per feature, sum-pooled). Output: a list of K tensors, set k of shape (B, F, D_k),
-    features in the order of ``feature_names``.
+    Input: one KJT with the F features (one or more ids per feature and sample,
+    sum-pooled). Output: a list of K tensors, set k of shape (B, F, D_k), features in
+    the order of ``feature_names``::
+
+        KJT (F features) --+--> EBC 0 (set0__f, D_0) --> (B, F, D_0)
+                           +--> EBC 1 (set1__f, D_1) --> (B, F, D_1)
+                           +--> ...
+                           +--> EBC K-1              --> (B, F, D_{K-1})
 
     Args:
         feature_names (Sequence[str]): the F sparse features, in output order.
@@ -148,17 +191,7 @@ class MultiEmbeddingBagCollection(MultiEmbeddingSets):
 
     layout = "separate"
 
-    def __init__(
-        self,
-        feature_names: Sequence[str],
-        num_embeddings: Sequence[int],
-        embedding_dims: Sequence[int],
-        device: Optional[torch.device] = None,
-    ) -> None:
-        super().__init__()
-        check_set_dims(len(feature_names), num_embeddings, embedding_dims)
-        self.feature_names = list(feature_names)
-        self.embedding_dims = list(embedding_dims)
+    def _build(self, num_embeddings: List[int], device: Optional[torch.device]) -> None:
         self.ebcs = nn.ModuleList(
             EmbeddingBagCollection(tables=table_configs(k, self.feature_names, num_embeddings, dim), device=device)
             for k, dim in enumerate(self.embedding_dims)
@@ -171,6 +204,13 @@ class MultiEmbeddingBagCollection(MultiEmbeddingSets):
         ]
 
     def forward(self, features: KeyedJaggedTensor) -> List[torch.Tensor]:
+        """
+        Args:
+            features (KeyedJaggedTensor): the batch's KJT with the F features.
+
+        Returns:
+            List[torch.Tensor]: K tensors, set k of shape (B, F, D_k).
+        """
         # A sharded EBC may order its output keys by sharding type; split by name.
         return [
             split_keyed_tensor(ebc(features), [self.feature_names], [dim])[0]

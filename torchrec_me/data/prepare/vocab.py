@@ -13,10 +13,10 @@ class Vocab:
     ``0 .. n - 1`` by decreasing count (ties: first seen first) and every other token
     maps to ``oov_id = n``; the table has ``size = n + 1`` rows.
 
-    Memory: the counts are one Python dict per field, measured at ~106 bytes per
-    distinct 8-character token (str key and dict slot; small-int counts are shared
-    objects), ~122 while the dict grows. Finalizing frees them and keeps only the
-    kept tokens.
+    Memory: the counts are one Python dict per field, so they grow with the number of
+    distinct tokens (a str key and a dict slot each; small-int counts are shared
+    objects). Finalizing frees them and keeps only the kept tokens, which is why a
+    converter counts the whole input first and encodes it in a second pass.
 
     Args:
         name (str): the field.
@@ -53,6 +53,7 @@ class Vocab:
         self.add_counts(list(c.keys()), list(c.values()))
 
     def finalize(self, min_count: int) -> None:
+        """Keep the tokens seen at least ``min_count`` times and number them; frees the counts."""
         if self._counts is None:
             raise RuntimeError(f"vocab {self.name!r} is already finalized")
         kept = [(tok, c) for tok, c in self._counts.items() if c >= min_count]
@@ -66,10 +67,12 @@ class Vocab:
 
     @property
     def oov_id(self) -> int:
+        """The id every rare or unseen token maps to: the last row of the table."""
         return len(self.tokens)
 
     @property
     def size(self) -> int:
+        """Rows of the embedding table: the kept tokens plus the OOV row."""
         return len(self.tokens) + 1
 
     def lookup(self, tokens: Sequence[str]) -> np.ndarray:

@@ -16,8 +16,9 @@ import re
 from functools import lru_cache
 from typing import Any, Dict, List, Optional
 
-from torchrec_me.data.prepare import DEFAULT_ROW_GROUP_SIZE, FeatureSpec
-from torchrec_me.data.text import DEFAULT_BLOCK_SIZE, TextFormat, prepare_text
+from torchrec_me.data.prepare.common import FeatureSpec, PrepareOptions
+from torchrec_me.data.prepare.scan import TextFormat
+from torchrec_me.data.prepare.text import prepare_text
 
 COLUMNS: List[str] = (
     "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,"
@@ -40,14 +41,17 @@ def _parse_hour(raw: str) -> Optional[datetime.datetime]:
 
 
 def is_hour(raw: str) -> bool:
+    """Whether ``raw`` is a real ``YYMMDDHH`` hour (the line check of ``hour``)."""
     return _parse_hour(raw) is not None
 
 
 def hour_of_day(raw: str) -> str:
+    """The ``HH`` token of a ``YYMMDDHH`` hour."""
     return raw[6:8]
 
 
 def weekday(raw: str) -> str:
+    """The weekday token (``0`` = Monday) of a ``YYMMDDHH`` hour; empty when it is not one."""
     t = _parse_hour(raw)
     return str(t.weekday()) if t is not None else ""
 
@@ -81,32 +85,35 @@ def avazu_format(min_count: int = DEFAULT_MIN_COUNT, hour_features: bool = False
 def prepare_avazu(
     input_path: str,
     output: str,
+    options: Optional[PrepareOptions] = None,
     *,
     min_count: int = DEFAULT_MIN_COUNT,
     hour_features: bool = False,
-    split: str = "random",
-    seed: int = 0,
-    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
-    overwrite: bool = False,
-    progress: bool = True,
-    max_bad_fraction: float = 0.01,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    summary: bool = True,
 ) -> Dict[str, Any]:
-    """Prepare Avazu's ``train.csv`` into ``output``; returns the written metadata."""
-    return prepare_text(
-        avazu_format(min_count, hour_features), input_path, output,
-        split=split, seed=seed, row_group_size=row_group_size, overwrite=overwrite, progress=progress,
-        max_bad_fraction=max_bad_fraction, block_size=block_size, summary=summary,
-    )  # fmt: skip
+    """Prepare Avazu's ``train.csv`` into ``output``; returns the written metadata.
+
+    Args:
+        input_path (str): ``train.csv`` (path or URI, may be compressed).
+        output (str): the dataset directory to create.
+        options (Optional[PrepareOptions]): split, row groups, overwrite, ...
+        min_count (int): rarer tokens share their field's out-of-vocabulary id.
+        hour_features (bool): ``hour_of_day`` and ``weekday`` instead of the ``hour`` token.
+
+    Raises:
+        PrepareError: empty input, no Avazu header, > ``max_bad_fraction`` bad lines, or
+            ``output`` exists without ``overwrite``.
+    """
+    return prepare_text(avazu_format(min_count, hour_features), input_path, output, options)
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Avazu's own flags of ``torchrec-me prepare avazu``."""
     parser.add_argument(
         "--hour-features", action="store_true",
         help="replace 'hour' (YYMMDDHH, kept as one token by default) by hour_of_day and weekday",
     )  # fmt: skip
 
 
-def prepare_from_args(args: argparse.Namespace, **common: Any) -> Dict[str, Any]:
-    return prepare_avazu(args.input, args.output, hour_features=args.hour_features, **common)
+def prepare_from_args(args: argparse.Namespace, options: PrepareOptions) -> Dict[str, Any]:
+    """Run :func:`prepare_avazu` for a parsed ``prepare avazu`` command line."""
+    return prepare_avazu(args.input, args.output, options, min_count=args.min_count, hour_features=args.hour_features)

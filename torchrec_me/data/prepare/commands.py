@@ -1,19 +1,23 @@
 """The ``torchrec-me prepare DATASET`` and ``torchrec-me fetch NAME`` subcommands.
 
 Each dataset module (:mod:`.criteo`, :mod:`.avazu`, :mod:`.movielens`) contributes
-``add_prepare_arguments(parser)`` and ``prepare_from_args(args, **common)``; they are
-listed in :data:`PREPARE_REGISTRY`, so a new format is one more entry.
+``add_prepare_arguments(parser)`` for its own flags and
+``prepare_from_args(args, options)``; they are listed in :data:`PREPARE_REGISTRY`, so a
+new format is one more entry. The flags every dataset shares become one
+:class:`~torchrec_me.data.prepare.common.PrepareOptions` (:func:`prepare_options`).
 """
 
 import argparse
 import sys
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from torchrec_me.data import avazu, criteo, movielens
-from torchrec_me.data.fetch import fetch_movielens_100k
-from torchrec_me.data.prepare import SPLIT_MODES, PrepareError
+from torchrec_me.data.prepare import avazu, criteo, movielens
+from torchrec_me.data.prepare.common import DEFAULT_ROW_GROUP_SIZE, SPLIT_MODES, PrepareError, PrepareOptions
+from torchrec_me.data.prepare.fetch import fetch_movielens_100k
+
+__all__ = ["PREPARE_REGISTRY", "add_fetch_command", "add_prepare_command", "prepare_options"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class PrepareCommand:
     help: str
     input_help: str
     min_count: int
-    row_group_size: int = 16384
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE
 
 
 PREPARE_REGISTRY: Dict[str, PrepareCommand] = {
@@ -52,7 +56,7 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for name, cmd in PREPARE_REGISTRY.items():
-        d = datasets.add_parser(name, help=cmd.help, description=cmd.module.__doc__.split("\n\n")[0])
+        d = datasets.add_parser(name, help=cmd.help, description=(cmd.module.__doc__ or "").split("\n\n")[0])
         d.add_argument("--input", required=True, help=cmd.input_help)
         d.add_argument("--output", required=True, help="dataset directory to create (written atomically)")
         d.add_argument(
@@ -76,22 +80,37 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def run_prepare(args: argparse.Namespace) -> int:
-    """Run ``prepare``; on bad input print one error line and return 1."""
+def prepare_options(args: argparse.Namespace) -> PrepareOptions:
+    """The options of a parsed ``prepare`` command line."""
+    return PrepareOptions(
+        split=args.split, seed=args.seed, row_group_size=args.row_group_size, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def _report_errors(action: Callable[[], None], interrupted: str) -> int:
+    """Run ``action``: 0, or 1 with one ``torchrec-me: error:`` line for a PrepareError or an
+    I/O error (disk full, permission denied, ...), or 130 on Ctrl-C."""
     try:
-        if args.min_count < 1:
-            raise PrepareError(f"--min-count must be >= 1, got {args.min_count}")
-        PREPARE_REGISTRY[args.dataset].module.prepare_from_args(
-            args, min_count=args.min_count, split=args.split, seed=args.seed, row_group_size=args.row_group_size,
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )  # fmt: skip
-    except PrepareError as e:
+        action()
+    except (PrepareError, OSError) as e:
         print(f"torchrec-me: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("torchrec-me: interrupted; no dataset was written", file=sys.stderr)
+        print(f"torchrec-me: interrupted; {interrupted}", file=sys.stderr)
         return 130
     return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Run ``prepare``; on bad input print one error line and return 1."""
+
+    def prepare() -> None:
+        if args.min_count < 1:
+            raise PrepareError(f"--min-count must be >= 1, got {args.min_count}")
+        PREPARE_REGISTRY[args.dataset].module.prepare_from_args(args, prepare_options(args))
+
+    return _report_errors(prepare, "no dataset was written")
 
 
 def add_fetch_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -110,19 +129,19 @@ def add_fetch_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    try:
+    """Run ``fetch``; on failure print one error line and return 1."""
+
+    def fetch() -> None:
         path = fetch_movielens_100k(args.output, overwrite=args.overwrite, timeout=args.timeout)
-    except PrepareError as e:
-        print(f"torchrec-me: error: {e}", file=sys.stderr)
-        return 1
-    print(f"fetched MovieLens-100k (RecBole atomic files) -> {path}")
-    print(f"next: torchrec-me prepare movielens --input {path} --output {path}-prepared")
-    return 0
+        print(f"fetched MovieLens-100k (RecBole atomic files) -> {path}")
+        print(f"next: torchrec-me prepare movielens --input {path} --output {path}-prepared")
+
+    return _report_errors(fetch, "nothing was written")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m torchrec_me.data.commands {prepare,fetch} ...``, the same as ``torchrec-me``."""
-    parser = argparse.ArgumentParser(prog="python -m torchrec_me.data.commands")
+    """``python -m torchrec_me.data.prepare.commands {prepare,fetch} ...``, the same as ``torchrec-me``."""
+    parser = argparse.ArgumentParser(prog="python -m torchrec_me.data.prepare.commands")
     sub = parser.add_subparsers(dest="command", required=True)
     add_prepare_command(sub)
     add_fetch_command(sub)

@@ -1,0 +1,139 @@
+"""The SequenceBatch contract of both readers: ids, lengths, resume, rank shares, evaluation."""
+
+import collections
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+
+from torchrec_me.data.sequence_batch import SequenceBatch
+from torchrec_me.data.sequences.reader import SequenceReader, all_windows
+from torchrec_me.data.sequences.synthetic import SyntheticSequences
+from torchrec_me.data.store import DatasetError
+
+READERS = ["prepared", "synthetic_small"]
+S = 8  # max_seq_len: shorter than most sequences, so windows and truncation happen
+
+
+@pytest.fixture(params=READERS)
+def reader(request: pytest.FixtureRequest) -> SequenceReader:
+    return request.getfixturevalue(request.param)
+
+
+def _rows(batch: SequenceBatch) -> List[List[int]]:
+    return [r.tolist() for r in torch.split(batch.items.values(), batch.lengths.tolist())]
+
+
+def _same(a: SequenceBatch, b: SequenceBatch) -> bool:
+    return all(
+        torch.equal(x, y)
+        for x, y in [(a.items.values(), b.items.values()), (a.lengths, b.lengths), (a.timestamps, b.timestamps),
+                     (a.ratings, b.ratings), (a.targets, b.targets), (a.users, b.users)]
+    )  # fmt: skip
+
+
+def test_training_batches_respect_the_contract(reader: SequenceReader) -> None:
+    t = reader.table
+    for batch in reader.train_batches(1, 2, batch_size=16, start=0, stop=5, max_seq_len=S):
+        lengths = batch.lengths
+        assert batch.items.keys() == ["item"] and lengths.shape == (16,)
+        assert ((lengths >= 2) & (lengths <= S + 1)).all()
+        values = batch.items.values()
+        assert values.dtype == torch.int64 and 0 <= int(values.min()) and int(values.max()) < reader.num_items
+        assert batch.timestamps.shape == values.shape == batch.ratings.shape
+        assert (batch.targets == -1).all()
+        for user, row in zip(batch.users.tolist(), _rows(batch)):
+            train = t.items[t.offsets[user] : t.offsets[user] + t.train_len[user]].tolist()
+            assert any(train[k : k + len(row)] == row for k in range(len(train) - len(row) + 1))  # a training window
+
+
+def test_windows_predict_every_training_position_once(reader: SequenceReader) -> None:
+    users, starts, ends = all_windows(reader.table.train_len, S)
+    predicted = collections.Counter((u, p) for u, a, b in zip(users, starts, ends) for p in range(a + 1, b))
+    expected = {(u, p) for u, n in enumerate(reader.table.train_len) for p in range(1, n)}
+    assert set(predicted) == expected and set(predicted.values()) == {1}
+    assert ((ends - starts) <= S + 1).all() and ((ends - starts) >= 2).all()
+
+
+def test_resume_is_exact_and_deterministic(reader: SequenceReader) -> None:
+    full = list(reader.train_batches(0, 2, batch_size=24, start=0, stop=12, max_seq_len=S))
+    resumed = list(reader.train_batches(0, 2, batch_size=24, start=7, stop=12, max_seq_len=S))
+    assert all(_same(a, b) for a, b in zip(full[7:], resumed)) and len(resumed) == 5
+    other_rank = next(reader.train_batches(1, 2, batch_size=24, start=0, stop=1, max_seq_len=S))
+    assert not _same(full[0], other_rank)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_rank_shares_of_an_epoch_are_disjoint_and_cover_it(reader: SequenceReader, world_size: int) -> None:
+    n = len(reader.windows(S)[0])
+    shares = []
+    for rank in range(world_size):
+        share = len(range(rank, n, world_size))
+        shares.append(reader.train_rows(0, rank, world_size, share, S))  # one step = the whole epoch share
+    union = np.concatenate(shares)
+    assert sorted(union.tolist()) == list(range(n))
+    assert not np.array_equal(shares[0], np.sort(shares[0]))  # shuffled
+
+
+def test_synthetic_is_deterministic(synthetic_small: SyntheticSequences) -> None:
+    again = SyntheticSequences(synthetic_small.cfg)
+    assert again.fingerprint == synthetic_small.fingerprint
+    assert np.array_equal(again.table.items, synthetic_small.table.items)
+    a = next(again.train_batches(0, 1, batch_size=8, max_seq_len=S))
+    b = next(synthetic_small.train_batches(0, 1, batch_size=8, max_seq_len=S))
+    assert _same(a, b)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+@pytest.mark.parametrize("world_size, batch_size", [(1, 16), (2, 16), (3, 7), (4, 1000)])
+def test_eval_covers_every_user_once(reader: SequenceReader, split: str, world_size: int, batch_size: int) -> None:
+    t = reader.table
+    per_rank = [list(reader.eval_batches(split, r, world_size, batch_size, max_seq_len=S)) for r in range(world_size)]
+    assert len({len(p) for p in per_rank}) == 1
+    assert len({tuple(len(b.users) for b, _ in p) for p in per_rank}) == 1  # the same batch sizes on every rank
+    real = [u for p in per_rank for b, ok in p if ok for u in b.users.tolist()]
+    assert sorted(real) == np.flatnonzero(t.targets[split] >= 0).tolist()
+    for batch, _ in per_rank[-1]:
+        for user, row, target, when in zip(batch.users.tolist(), _rows(batch), batch.targets.tolist(),
+                                           batch.target_timestamps.tolist()):  # fmt: skip
+            pos = int(t.targets[split][user])
+            history = t.items[t.offsets[user] : t.offsets[user] + pos].tolist()
+            assert row == history[-S:] and target == t.items[t.offsets[user] + pos]
+            assert when == t.timestamps[t.offsets[user] + pos] >= max(t.timestamps[t.offsets[user] : t.offsets[user] + pos])
+
+
+def test_seen_items_are_the_whole_history(reader: SequenceReader) -> None:
+    t = reader.table
+    batch, _ = next(reader.eval_batches("test", 0, 1, batch_size=32, max_seq_len=S))
+    seen = reader.seen_items("test", batch.users)
+    assert seen.lengths().shape == (32,)
+    for user, row in zip(batch.users.tolist(), seen.to_dense()):
+        pos = int(t.targets["test"][user])
+        assert row.tolist() == sorted(set(t.items[t.offsets[user] : t.offsets[user] + pos].tolist()))
+    assert (seen.lengths() >= batch.lengths).any() and (seen.lengths() > S).any()  # not truncated
+
+
+def test_item_counts_are_training_popularity(reader: SequenceReader) -> None:
+    t = reader.table
+    expected = np.zeros(reader.num_items, np.int64)
+    for u in range(reader.num_users):
+        np.add.at(expected, t.items[t.offsets[u] : t.offsets[u] + t.train_len[u]], 1)
+    assert torch.equal(reader.item_counts, torch.from_numpy(expected))
+
+
+def test_last_window_and_bad_arguments(prepared: SequenceReader) -> None:
+    last = SequenceReader(prepared.table, prepared.num_items, True, train_windows="last")
+    users, starts, ends = last.windows(S)
+    assert np.array_equal(ends, prepared.table.train_len[users]) and len(set(users.tolist())) == len(users)
+    with pytest.raises(DatasetError, match="unknown train_windows"):
+        SequenceReader(prepared.table, prepared.num_items, True, train_windows="random")
+    with pytest.raises(DatasetError, match="max_seq_len"):
+        next(prepared.train_batches(0, 1, 4, max_seq_len=0))
+    with pytest.raises(DatasetError, match="cannot feed"):
+        next(prepared.train_batches(9_999, 10_000, 4, max_seq_len=S))
+    with pytest.raises(DatasetError, match="unknown evaluation split"):
+        next(prepared.eval_batches("train", 0, 1, 4))
+    train_only = int(np.flatnonzero(prepared.table.targets["val"] < 0)[0])
+    with pytest.raises(DatasetError, match="no val target"):
+        prepared.seen_items("val", [train_only])

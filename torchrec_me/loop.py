@@ -1,0 +1,285 @@
+"""The parts of a training run, each owning one job; ``train.train`` drives them.
+
+* :class:`LoopState`: what a checkpoint carries besides tensors (step, timing, best).
+* :class:`Checkpointer`: saving, resuming and the best checkpoint.
+* :class:`Validator`: validation, early stopping and the test of the best checkpoint.
+* :class:`LiveIA`: information abundance of the live tables during training.
+* :class:`Progress`: the progress bar and the training log.
+* :func:`run_segment`: ``TrainPipelineSparseDist`` over the steps up to the next pause.
+"""
+
+import math
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from torchrec.datasets.utils import Batch
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm import tqdm
+
+from torchrec_me.analysis.frequency import IdFrequencyTracker
+from torchrec_me.analysis.report import collapse_report, ia_log_record
+from torchrec_me.config import RESUMABLE_KEYS, Config, ConfigError, changed_keys
+from torchrec_me.distributed import checkpoint as ckpt
+from torchrec_me.evaluation import evaluate
+from torchrec_me.job import Job
+from torchrec_me.run_dir import RunDir
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says where."""
+
+
+class LoopState:
+    """Mutable state of one run: what a checkpoint must carry besides tensors."""
+
+    SAVED = ("step", "train_seconds", "best_auc", "best_step", "bad_evals", "stopped_early")
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.train_seconds = 0.0
+        self.best_auc = -math.inf
+        self.best_step: Optional[int] = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.last_val: Optional[Dict[str, float]] = None
+        self.last_val_step = -1
+        self.last_checkpoint: Optional[str] = None
+
+    def meta(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in self.SAVED} | {"reader_position": self.step}
+
+    def restore(self, meta: Dict[str, Any]) -> None:
+        for key in self.SAVED:
+            setattr(self, key, meta[key])
+
+
+def boundaries(cfg: Config, start: int) -> List[int]:
+    """Steps after ``start`` where training pauses (validate, checkpoint, IA), and the end."""
+    stops = {cfg.train.steps}
+    for every in (cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.ia_every):
+        if every:
+            stops.update(range(every, cfg.train.steps, every))
+    return sorted(s for s in stops if s > start)
+
+
+def _due(every: int, step: int, last: int) -> bool:
+    return bool(every) and (step % every == 0 or step == last)
+
+
+class Checkpointer:
+    """Writes and reads the run's checkpoints (nothing without a run dir).
+
+    Args:
+        job (Job): the sharded model and optimizers to save.
+        run (RunDir): where checkpoints go.
+        state (LoopState): saved as the checkpoint's meta.
+        tracker (IdFrequencyTracker): its global id counts are saved beside the tensors.
+    """
+
+    def __init__(self, job: Job, run: RunDir, state: LoopState, tracker: IdFrequencyTracker) -> None:
+        self.job, self.run, self.state, self.tracker = job, run, state, tracker
+
+    def save(self, best: bool = False) -> None:
+        if self.run.path is None:
+            return
+        meta = {**self.state.meta(), "config": self.job.cfg.to_dict()}
+        extra = {"id_counts": self.tracker.synced().flat_counts().cpu()}
+        path = ckpt.save_checkpoint(
+            ckpt.step_path(self.run.path, self.state.step, best=best), self.job.model, self.job.optimizer, meta, extra
+        )
+        self.state.last_checkpoint = str(path)
+        ckpt.prune_checkpoints(self.run.path, self.job.cfg.train.keep_checkpoints)
+
+    def save_if_due(self) -> None:
+        every, steps = self.job.cfg.train.checkpoint_every, self.job.cfg.train.steps
+        if every and self.state.step % every == 0 and self.state.step < steps:
+            self.save()
+
+    def resume(self, say: Any) -> Optional[str]:
+        """Load the newest complete checkpoint, if any; returns its path."""
+        assert self.run.path is not None
+        latest = ckpt.latest_checkpoint(self.run.path)
+        if latest is None:
+            if ckpt.list_checkpoints(self.run.path):
+                raise ckpt.CorruptCheckpointError(f"--resume: no checkpoint in {self.run.path} is intact (see the warnings)")
+            say(f"--resume: no complete checkpoint in {self.run.path}, starting from step 0")
+            return None
+        changed = changed_keys(ckpt.read_meta(latest)["config"], self.job.cfg)
+        if changed:
+            raise ConfigError(
+                f"--resume: the config differs from checkpoint {latest} in {', '.join(changed)}; only "
+                f"{', '.join(sorted(RESUMABLE_KEYS))} may change on resume"
+            )
+        self.state.restore(ckpt.load_checkpoint(latest, self.job.model, self.job.optimizer))
+        counts = ckpt.read_extra(latest).get("id_counts")
+        if counts is not None and self.job.ctx.rank == 0:  # global counts live on rank 0 only
+            self.tracker.add_counts(counts)
+        self.state.last_checkpoint = str(latest)
+        say(f"resumed from {latest} at step {self.state.step}")
+        return str(latest)
+
+    def load_best(self) -> bool:
+        """Load the best checkpoint's weights; False when there is none (no run dir)."""
+        best = ckpt.best_checkpoint(self.run.path) if self.run.path is not None else None
+        if best is None:
+            return False
+        ckpt.load_checkpoint(best, self.job.model)
+        return True
+
+
+class Validator:
+    """Validation every ``train.eval_every`` steps, early stopping on the validation AUC,
+    and the paper's protocol at the end: the test AUC of the best validation checkpoint.
+
+    Args:
+        job (Job): the model and data to evaluate.
+        state (LoopState): holds the best AUC and the early-stopping count.
+        checkpoints (Checkpointer): saves each new best.
+        progress (Progress): logs and prints each validation.
+    """
+
+    def __init__(self, job: Job, state: LoopState, checkpoints: Checkpointer, progress: "Progress") -> None:
+        self.job, self.state, self.checkpoints, self.progress = job, state, checkpoints, progress
+
+    def _evaluate(self, split: str) -> Dict[str, float]:
+        return evaluate(self.job.model, self.job.dataset, self.job.ctx, self.job.cfg.train.eval_batch_size, split)
+
+    def validate_if_due(self) -> None:
+        s, t = self.state, self.job.cfg.train
+        if not _due(t.eval_every, s.step, t.steps):
+            return
+        s.last_val, s.last_val_step = self._evaluate("val"), s.step
+        self.progress.log({"step": s.step, **{f"val_{k}": v for k, v in s.last_val.items()}})
+        if s.last_val["auc"] > s.best_auc:
+            s.best_auc, s.best_step, s.bad_evals = s.last_val["auc"], s.step, 0
+            self.checkpoints.save(best=True)
+        else:
+            s.bad_evals += 1
+            s.stopped_early = s.bad_evals >= t.early_stop_patience
+        self.progress.say(f"step {s.step}: val auc {s.last_val['auc']:.4f} (best {s.best_auc:.4f} at {s.best_step})")
+
+    def final(self) -> Dict[str, float]:
+        """The validation metrics of the model as it is now."""
+        if self.state.last_val_step != self.state.step or self.state.last_val is None:
+            self.state.last_val, self.state.last_val_step = self._evaluate("val"), self.state.step
+        return self.state.last_val
+
+    def test(self) -> Dict[str, Any]:
+        """Test metrics of the best checkpoint, or of the final model when no checkpoint
+        was kept (no run dir); ``test_model`` says which was measured."""
+        best = self.checkpoints.load_best()
+        test = self._evaluate("test")
+        s = self.state
+        return {
+            "best_step": s.best_step, "best_val_auc": s.best_auc, "stopped_early": s.stopped_early,
+            "test_auc": test["auc"], "test_logloss": test["logloss"],
+            "test_model": "best_checkpoint" if best else "final",
+        }  # fmt: skip
+
+
+class LiveIA:
+    """Information abundance of every live table every ``train.ia_every`` steps,
+    appended to ``ia_log.jsonl`` and shown in the progress bar (sharded Gram: no table
+    is gathered).
+
+    Args:
+        job (Job): the sharded model whose tables are analysed.
+        tracker (IdFrequencyTracker): which rows training has read (trained rows).
+        run (RunDir): receives the log rows.
+    """
+
+    def __init__(self, job: Job, tracker: IdFrequencyTracker, run: RunDir) -> None:
+        self.job, self.tracker, self.run = job, tracker, run
+        self.seconds = 0.0
+        self.postfix: Dict[str, str] = {}
+
+    def report_if_due(self, step: int) -> None:
+        every = self.job.cfg.train.ia_every
+        if not _due(every, step, self.job.cfg.train.steps):
+            return
+        t0 = time.perf_counter()
+        report = collapse_report(self.job.model, self.tracker, concat_fields=False)
+        row = ia_log_record(step, report, "trained_rows")
+        row["ia_all_rows"] = ia_log_record(step, report, "all_rows")["ia"]
+        row["seconds"] = time.perf_counter() - t0
+        self.seconds += row["seconds"]
+        self.run.log_ia(row)
+        self.postfix = {"ia": "/".join(f"{v:.1f}" for v in row["ia"].values() if v is not None)}
+
+
+class Progress:
+    """The progress bar (rank 0), the training log, and the non-finite-loss check.
+
+    Args:
+        job (Job): gives the step count, batch size and rank.
+        run (RunDir): receives the log rows.
+        state (LoopState): the step and the last good checkpoint.
+        enabled (bool): show the bar.
+    """
+
+    def __init__(self, job: Job, run: RunDir, state: LoopState, enabled: bool) -> None:
+        self.job, self.run, self.state = job, run, state
+        self.is_rank0 = job.ctx.rank == 0
+        self.global_batch = job.cfg.train.batch_size * job.ctx.world_size
+        self.loss_ema = math.nan
+        self.postfix: Dict[str, str] = {}
+        self.bar = tqdm(
+            total=job.cfg.train.steps, initial=state.step, disable=not (enabled and self.is_rank0),
+            desc="train", unit="step", file=sys.stderr,
+        )  # fmt: skip
+
+    def say(self, text: str) -> None:
+        if self.is_rank0:
+            self.bar.write(text, file=sys.stdout)
+            sys.stdout.flush()
+
+    def log(self, row: Dict[str, Any]) -> None:
+        self.run.log(row)
+
+    def step(self, loss: Any, seg_start: float, seg_step: int) -> None:
+        """Log step ``state.step`` (a log step); raises TrainingError on a non-finite loss."""
+        value = float(loss)
+        if not math.isfinite(value):
+            last = self.state.last_checkpoint or "none (no checkpoint was written)"
+            raise TrainingError(f"non-finite training loss {value} at step {self.state.step}; last good checkpoint: {last}")
+        self.loss_ema = value if math.isnan(self.loss_ema) else 0.9 * self.loss_ema + 0.1 * value
+        now = time.perf_counter()
+        rate = (self.state.step - seg_step) * self.global_batch / max(now - seg_start, 1e-9)
+        self.bar.set_postfix(loss=f"{self.loss_ema:.4f}", samples_per_s=f"{rate:,.0f}", **self.postfix)
+        self.bar.update(self.state.step - self.bar.n)
+        elapsed = self.state.train_seconds + now - seg_start
+        self.log({"step": self.state.step, "loss": value, "samples_per_s": rate, "train_seconds": elapsed})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _tracked(batches: Iterator[Batch], tracker: IdFrequencyTracker) -> Iterator[Batch]:
+    for batch in batches:
+        tracker.update(batch.sparse_features)
+        yield batch
+
+
+def run_segment(job: Job, state: LoopState, tracker: IdFrequencyTracker, stop: int, progress: Progress) -> None:
+    """Train steps ``state.step .. stop-1`` through ``TrainPipelineSparseDist``.
+
+    Every batch passes the tracker first, which counts the ids read (the trained-rows
+    mask of the collapse analysis) and refuses ids outside a table before FBGEMM sees them.
+    """
+    cfg, ctx = job.cfg, job.ctx
+    pipeline = TrainPipelineSparseDist(job.model, job.optimizer, ctx.device)
+    batches = _tracked(job.dataset.train_batches(ctx.rank, ctx.world_size, cfg.train.batch_size, state.step, stop), tracker)
+    seg_start, seg_step = time.perf_counter(), state.step
+    try:
+        while True:
+            try:
+                loss, _, _ = pipeline.progress(batches)
+            except StopIteration:
+                break
+            state.step += 1
+            if state.step % cfg.train.log_every == 0 or state.step == stop:
+                progress.step(loss, seg_start, seg_step)
+    finally:
+        state.train_seconds += time.perf_counter() - seg_start
+        pipeline.detach()

@@ -1,0 +1,136 @@
+"""Pieces every sequence encoder shares: jagged <-> padded rows, the input layer, the base.
+
+Shape letters as in :mod:`torchrec_me.modules.sequential`. Rows are right-padded to the
+batch's longest row L: valid positions ``0..L_b-1`` come first, so a causal mask alone
+keeps every valid query away from the padding (its keys sit at later positions) and no
+separate key-padding mask is needed.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from torchrec_me.modules.sequential.config import EncoderConfig
+
+
+def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, L) bool, True at the valid positions ``i < lengths[b]``."""
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
+
+
+def to_padded(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Jagged ``values`` (N, *) -> (B, L, *) with zeros at the padding; ``mask`` (B, L).
+
+    Differentiable (an ``index_put`` into zeros); ``N`` must equal ``mask.sum()``.
+    """
+    out = values.new_zeros((*mask.shape, *values.shape[1:]))
+    return out.index_put((mask,), values)
+
+
+def causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """(L, L) bool, True where key j may be read by query i: ``j <= i`` (diagonal included)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+class SequenceInput(nn.Module):
+    """The encoders' input layer: ``x_i = e_i * sqrt(D) + p_i``, dropout, padding zeroed.
+
+    ``e_i`` is the item embedding read from the set's table; ``p_i`` is a learned
+    absolute position embedding of position ``i`` counted from the oldest item of the row
+    (omitted for Llama-style stacks, whose position signal is rotary). Initialised like
+    the reference: truncated normal with std ``sqrt(1 / D)``.
+
+    Args:
+        dim (int): D.
+        config (EncoderConfig): ``max_seq_len`` (rows of the position table) and
+            ``dropout``.
+        positions (bool): add the learned absolute position embedding.
+
+    Example::
+
+        layer = SequenceInput(8, EncoderConfig(max_seq_len=5, dropout=0.0))
+        x = layer(torch.randn(2, 3, 8), torch.tensor([[True, True, False], [True, True, True]]))
+    """
+
+    def __init__(self, dim: int, config: EncoderConfig, positions: bool = True) -> None:
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.position: Optional[nn.Embedding] = None
+        if positions:
+            self.position = nn.Embedding(config.max_seq_len, dim)
+            nn.init.trunc_normal_(self.position.weight, std=math.sqrt(1.0 / dim))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            embeddings (torch.Tensor): (B, L, D) item embeddings, right-padded.
+            mask (torch.Tensor): (B, L) bool, True at valid positions.
+
+        Returns:
+            torch.Tensor: (B, L, D), zero at the padding.
+        """
+        x = embeddings * self.scale
+        if self.position is not None:
+            x = x + self.position.weight[: x.shape[1]]
+        return self.dropout(x) * mask.unsqueeze(-1)
+
+
+class SequenceEncoder(nn.Module):
+    """Base of the encoder stacks: input layer, blocks, optional final norm, padding zeroed.
+
+    Every stack maps right-padded item embeddings (B, L, D) to one hidden state per
+    position (B, L, D), causally: the state at ``i`` reads items ``0..i`` only. The
+    sequential model L2-normalises these states into user vectors. Subclasses build
+    ``self.input``, ``self.blocks`` (each called as ``block(x, timestamps,
+    next_timestamps)``) and ``self.final_norm`` in ``_build``.
+
+    Args:
+        dim (int): D, the set's embedding dim.
+        config (EncoderConfig): the stack's hyperparameters.
+
+    Example::
+
+        from torchrec_me.modules.sequential import HSTUEncoder
+
+        encoder: SequenceEncoder = HSTUEncoder(8, EncoderConfig(max_seq_len=4))
+        mask = torch.tensor([[True, True, False]])
+        ts = torch.zeros(1, 3, dtype=torch.long)
+        out = encoder(torch.randn(1, 3, 8), mask, ts, ts)  # (1, 3, 8)
+    """
+
+    def __init__(self, dim: int, config: EncoderConfig) -> None:
+        super().__init__()
+        self.dim = dim
+        self.config = config
+        self.final_norm: nn.Module = nn.Identity()
+        self._build(dim, config)
+
+    def _build(self, dim: int, config: EncoderConfig) -> None:
+        """Create ``self.input``, ``self.blocks`` and, if any, ``self.final_norm``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        mask: torch.Tensor,
+        timestamps: torch.Tensor,
+        next_timestamps: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            embeddings (torch.Tensor): (B, L, D) item embeddings, right-padded.
+            mask (torch.Tensor): (B, L) bool, True at valid positions.
+            timestamps (torch.Tensor): (B, L) int64 time of each input item.
+            next_timestamps (torch.Tensor): (B, L) int64 time of the item each position
+                predicts (read only by HSTU's ``time_bias_source=next``).
+
+        Returns:
+            torch.Tensor: (B, L, D) hidden states, zero at the padding.
+        """
+        x = self.input(embeddings, mask)
+        for block in self.blocks:
+            x = block(x, timestamps, next_timestamps)
+        return self.final_norm(x) * mask.unsqueeze(-1)
