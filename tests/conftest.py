@@ -25,8 +25,8 @@ TESTS = Path(__file__).resolve().parent
 
 # Slow modules without a ``pytestmark`` of their own, relative to tests/.
 SLOW_MODULES = {
-    "benchmarks/test_throughput_script.py",  # runs benchmarks/throughput.py in subprocesses
-    "distributed/test_cpu_memory.py",  # measures the RSS of training subprocesses
+    "distributed/test_checkpoint.py",  # torchrun runs, one killed with -9 and resumed
+    "distributed/test_cpu_memory.py",  # the RSS of training in subprocesses
 }
 
 

@@ -40,6 +40,10 @@ class DataConfig:
         teacher_dim (int): latent dim of the hidden teacher's field embeddings.
         positive_rate (float): target click rate of the teacher's labels.
         val_samples (int): size of the validation split.
+        num_users (int): synthetic sequences (sequential backbones): users.
+        num_items (int): synthetic sequences: items.
+        mean_length (float): synthetic sequences: mean sequence length.
+        num_topics (int): synthetic sequences: latent interests of the generator.
     """
 
     name: str = "synthetic"
@@ -51,6 +55,10 @@ class DataConfig:
     teacher_dim: int = 4
     positive_rate: float = 0.25
     val_samples: int = 65536
+    num_users: int = 4096
+    num_items: int = 2048
+    mean_length: float = 50.0
+    num_topics: int = 16
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first key out of range."""
@@ -90,6 +98,24 @@ class ModelConfig:
         fused_dense (bool): use torchrec_me's fused dense kernels (one-pass CrossNet
             forward/backward, fused ReLU+Dropout, PyTorch's single-kernel Adam); ``false``
             runs the plain TorchRec/PyTorch modules with the same math.
+
+    Sequential backbones (``hstu``, ``sasrec``, ``llama``) also read ``num_sets``,
+    ``embedding_dim``, ``set_dims``, ``dropout`` and ``shared_interaction`` (one encoder
+    for all K sets), and:
+
+    Args:
+        num_blocks (int): encoder blocks.
+        num_heads (int): attention heads (every set dim divisible by it).
+        max_seq_len (int): longest history the encoder reads.
+        rab (str): HSTU relative attention bias: ``none``, ``position``, ``time``, ``both``.
+        attention (str): HSTU attention: ``silu`` (the paper's) or ``softmax``.
+        attention_scale (str): HSTU scale: ``length`` (1/n, the reference) or ``sqrt_dim``.
+        time_bias_source (str): HSTU time gaps from ``seen`` items only (default) or from
+            the ``next`` item's timestamp as the reference does (leaks the target's time).
+        num_time_buckets (int): log buckets of the time gap.
+        num_negatives (int): uniform negatives of the sampled softmax.
+        temperature (float): temperature of the sampled softmax.
+        in_batch_negatives (bool): add negatives drawn from the batch's positives.
     """
 
     backbone: str = "dcnv2"
@@ -108,6 +134,17 @@ class ModelConfig:
     dense_hidden_dims: List[int] = field(default_factory=lambda: [64])
     layout: str = "separate"
     fused_dense: bool = True
+    num_blocks: int = 2
+    num_heads: int = 1
+    max_seq_len: int = 200
+    rab: str = "both"
+    attention: str = "silu"
+    attention_scale: str = "length"
+    time_bias_source: str = "seen"
+    num_time_buckets: int = 128
+    num_negatives: int = 128
+    temperature: float = 0.05
+    in_batch_negatives: bool = False
 
     def dims(self) -> List[int]:
         """The embedding dim of each of the K sets."""
@@ -136,6 +173,10 @@ class ModelConfig:
             _fail("model.dense_hidden_dims", f"needs one or more positive sizes, got {self.dense_hidden_dims}")
         _check_finite("model", {"dropout": self.dropout}, 0.0, 1.0, high_open=True)
         _check_finite("model", {"reg_weight": self.reg_weight}, 0.0, math.inf, high_open=True)
+        _check_at_least("model", {"num_blocks": self.num_blocks, "num_heads": self.num_heads,
+                                  "max_seq_len": self.max_seq_len, "num_time_buckets": self.num_time_buckets,
+                                  "num_negatives": self.num_negatives}, 1)  # fmt: skip
+        _check_positive_finite("model", {"temperature": self.temperature})
         if self.regularizer == "space_similarity" and self.num_sets < 2:
             _fail("model.regularizer", "space_similarity compares embedding sets and needs model.num_sets >= 2")
 
@@ -163,6 +204,16 @@ class TrainConfig:
         checkpoint_every (int): steps between checkpoints in the run dir (0: only at
             the end); needs ``--run-dir``.
         keep_checkpoints (int): how many of the newest step checkpoints to keep.
+        dense_optimizer (str): ``adam`` or ``adamw`` (decoupled weight decay, the HSTU
+            reference's) for the dense parameters.
+        dense_betas (List[float]): Adam's (beta1, beta2); the HSTU reference uses
+            (0.9, 0.98).
+        exclude_history (bool): sequential models: full-corpus ranking leaves out the
+            items the user has already interacted with (except the target).
+        eval_protocol (str): sequential models: ``honest`` (early stopping on the
+            validation item, the test item scored once with the best checkpoint) or
+            ``reference`` (the test item evaluated at every validation, the best reported,
+            as the published numbers were obtained).
     """
 
     steps: int = 600
@@ -180,6 +231,10 @@ class TrainConfig:
     early_stop_patience: int = 3
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    dense_optimizer: str = "adam"
+    dense_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    exclude_history: bool = True
+    eval_protocol: str = "honest"
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first key out of range (device and optimizer
@@ -194,6 +249,12 @@ class TrainConfig:
         _check_finite("train", {"dense_weight_decay": self.dense_weight_decay}, 0.0, math.inf, high_open=True)
         if self.device not in DEVICES:
             _fail("train.device", f"must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.dense_optimizer not in DENSE_OPTIMIZERS:
+            _fail("train.dense_optimizer", f"must be one of {', '.join(DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}")
+        if len(self.dense_betas) != 2 or not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.dense_betas):
+            _fail("train.dense_betas", f"must be two numbers in [0, 1), got {self.dense_betas}")
+        if self.eval_protocol not in EVAL_PROTOCOLS:
+            _fail("train.eval_protocol", f"must be one of {', '.join(EVAL_PROTOCOLS)}; got {self.eval_protocol!r}")
 
 
 @dataclass
@@ -213,6 +274,8 @@ class Config:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+DENSE_OPTIMIZERS = ("adam", "adamw")
+EVAL_PROTOCOLS = ("honest", "reference")
 
 
 def _fail(key: str, msg: str) -> None:
@@ -280,14 +343,18 @@ def apply_preset(cfg: Config, name: Any, presets: Optional[Presets]) -> None:
     if presets is None:
         _fail("model", "model=NAME presets need the preset registry; load configs with torchrec_me.job.load_job_config")
     if not isinstance(name, str) or name not in presets:
-        backbones = sorted({p.rsplit("-", 2)[0] for p in presets})
+        grid = [p for p in presets if re.match(r"^.+-(se|me)-\d+x$", p)]
+        backbones = sorted({p.rsplit("-", 2)[0] for p in grid})
+        published = sorted(set(presets) - set(grid))
         _fail(
             "model",
             f"unknown preset {name!r}; presets are BACKBONE-se-{{1,2,3,4,10}}x or BACKBONE-me-{{2,3,4,10}}x "
-            f"(ME-1x is SE-1x: use BACKBONE-se-1x) with BACKBONE in {', '.join(backbones)}, e.g. dcnv2-me-4x",
+            f"(ME-1x is SE-1x: use BACKBONE-se-1x) with BACKBONE in {', '.join(backbones)}, e.g. dcnv2-me-4x, "
+            f"or a published one: {', '.join(published)}",
         )
     for key, value in presets[name].items():
-        setattr(cfg.model, key, value)
+        section, _, field_name = key.rpartition(".")
+        _set(cfg, f"{section or 'model'}.{field_name}", value, presets)
 
 
 def _set(cfg: Config, key: str, value: Any, presets: Optional[Presets]) -> None:

@@ -15,23 +15,34 @@ optimizer, live IA x layout, device x optimizer, and the dataset path.
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Collection, Dict, Iterator, Mapping, Optional, Sequence
 
 import torch
+from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer
 
-from torchrec_me.config import Config, ConfigError, DataConfig, config_from_dict, parse_config
+from torchrec_me.config import Config, ConfigError, DataConfig, ModelConfig, config_from_dict, parse_config
 from torchrec_me.data import DATASET_REGISTRY, Dataset, build_dataset
+from torchrec_me.data.sequence_batch import ITEM_FEATURE
+from torchrec_me.data.sequences.dataset import SequenceDataset
+from torchrec_me.data.sequences.reader import ReadOptions
+from torchrec_me.data.sequences.synthetic import SyntheticSequenceConfig, SyntheticSequences
 from torchrec_me.data.store import DatasetError, load_metadata
 from torchrec_me.distributed import checkpoint as ckpt
 from torchrec_me.distributed.optimizers import SPARSE_OPTIMIZERS, apply_sparse_optimizer, build_optimizer
 from torchrec_me.distributed.sharding import DistContext, init_distributed, plan_and_shard
+from torchrec_me.evaluation import evaluate
+from torchrec_me.retrieval import evaluate_retrieval
 from torchrec_me.models import BACKBONE_REGISTRY, PRESET_REGISTRY, MultiEmbeddingTrain, build_model
+from torchrec_me.models.sequential import SequentialConfig, SequentialModel, SequentialTrain
+from torchrec_me.models.sequential_presets import SEQUENTIAL_PRESETS
 from torchrec_me.modules.layouts import LAYOUT_REGISTRY
 from torchrec_me.modules.regularizers import REGULARIZER_REGISTRY
+from torchrec_me.modules.sequential.encoders import ENCODER_REGISTRY
+from torchrec_me.modules.sequential.items import NegativeSampler
 
 
 def _fail(key: str, msg: str) -> None:
@@ -83,19 +94,21 @@ def _check_layout(cfg: Config) -> None:
         )
 
 
-def dataset_config(data: DataConfig) -> DataConfig:
-    """``data`` with its dataset name resolved: a path alone means a prepared dataset."""
-    if data.path is not None and data.name == "synthetic":
-        return dataclasses.replace(data, name="parquet")
+def dataset_config(cfg: Config) -> DataConfig:
+    """``cfg.data`` with its dataset name resolved for the model family: the default
+    ``synthetic`` means the family's synthetic data, and a path alone a prepared dataset."""
+    family, data = family_of(cfg), cfg.data
+    if data.name == "synthetic":
+        return dataclasses.replace(data, name=family.prepared_dataset if data.path is not None else family.synthetic_dataset)
     return data
 
 
-def _check_data(data: DataConfig) -> None:
-    data = dataset_config(data)
-    _check_member("data.name", data.name, DATASET_REGISTRY)
-    if data.name == "parquet":
+def _check_data(cfg: Config) -> None:
+    data, family = dataset_config(cfg), family_of(cfg)
+    _check_member("data.name", data.name, family.datasets)
+    if data.name == family.prepared_dataset:
         if not data.path:
-            _fail("data.path", "data.name=parquet needs data.path=DIR, a dataset written by `torchrec-me prepare`")
+            _fail("data.path", f"data.name={data.name} needs data.path=DIR, a dataset written by `torchrec-me prepare`")
         try:
             load_metadata(data.path)
         except DatasetError as e:
@@ -104,11 +117,13 @@ def _check_data(data: DataConfig) -> None:
 
 def check_job_config(cfg: Config) -> None:
     """Rules across sections and registries; raises one ConfigError naming the key."""
-    _check_member("model.backbone", cfg.model.backbone, BACKBONE_REGISTRY)
+    _check_member("model.backbone", cfg.model.backbone, {**BACKBONE_REGISTRY, **ENCODER_REGISTRY})
     _check_member("model.regularizer", cfg.model.regularizer, REGULARIZER_REGISTRY, extra=("none",))
     _check_device_and_optimizer(cfg)
     _check_layout(cfg)
-    _check_data(cfg.data)
+    if family_of(cfg).sequential:
+        sequential_config(cfg.model)  # the encoders validate their own keys
+    _check_data(cfg)
 
 
 def load_job_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
@@ -120,7 +135,7 @@ def load_job_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -
         if not p.is_file():
             raise ConfigError(f"config file {path!r} does not exist")
         text = p.read_text()
-    cfg = parse_config(text, overrides, presets=PRESET_REGISTRY, origin=path or "config")
+    cfg = parse_config(text, overrides, presets={**PRESET_REGISTRY, **SEQUENTIAL_PRESETS}, origin=path or "config")
     check_job_config(cfg)
     return cfg
 
@@ -132,18 +147,110 @@ def job_config_from_dict(mapping: Mapping[str, Any], origin: str = "saved config
     return cfg
 
 
-def load_dataset(data: DataConfig) -> Dataset:
-    """The dataset ``data`` describes (name resolved by :func:`dataset_config`)."""
-    return build_dataset(dataset_config(data))
+def load_dataset(cfg: Config) -> Dataset:
+    """The dataset ``cfg`` describes (name resolved by :func:`dataset_config`)."""
+    data = dataset_config(cfg)
+    if family_of(cfg).sequential:
+        options = ReadOptions(seed=data.seed, train_on_val=cfg.train.eval_protocol == "reference")
+        return SEQUENCE_DATASETS[data.name](data, options)
+    return build_dataset(data)
 
 
-def build_train_module(cfg: Config, dataset: Dataset, device: Optional[torch.device] = None) -> MultiEmbeddingTrain:
-    """The unsharded model of ``cfg`` over ``dataset``'s tables, in its loss wrapper.
+def sequential_config(m: ModelConfig) -> SequentialConfig:
+    """The sequential model's settings from the ``model`` section (one key each)."""
+    names = {f.name for f in dataclasses.fields(SequentialConfig)} - {"shared_encoder"}
+    return SequentialConfig(**{n: getattr(m, n) for n in names}, shared_encoder=m.shared_interaction)
+
+
+def _ctr_module(cfg: Config, dataset: Dataset, device: Optional[torch.device]) -> nn.Module:
+    model = build_model(cfg.model, dataset.feature_names, dataset.num_embeddings, device, dataset.num_dense)
+    return MultiEmbeddingTrain(model)
+
+
+def _sequential_module(cfg: Config, dataset: Dataset, device: Optional[torch.device]) -> nn.Module:
+    seq = sequential_config(cfg.model)
+    sampler = NegativeSampler(dataset.num_items, seq.num_negatives, seed=cfg.train.seed)
+    return SequentialTrain(SequentialModel(dataset.num_items, seq, device=device, sampler=sampler))
+
+
+def _synthetic_sequences(data: DataConfig, options: ReadOptions) -> Dataset:
+    params = SyntheticSequenceConfig(num_users=data.num_users, num_items=data.num_items, mean_length=data.mean_length,
+                                     num_topics=data.num_topics, seed=data.seed)  # fmt: skip
+    return SyntheticSequences(params, options)
+
+
+SEQUENCE_DATASETS: Dict[str, Callable[[DataConfig, ReadOptions], Dataset]] = {
+    "synthetic_sequences": _synthetic_sequences,
+    "sequences": lambda data, options: SequenceDataset(str(data.path), options),
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the CTR models and the sequential ones; the loop, the
+    checkpoints and the analysis are shared.
+
+    Args:
+        sequential (bool): next-item models over user sequences.
+        datasets (Collection[str]): dataset names the family reads.
+        synthetic_dataset (str): the default (embedded) dataset.
+        prepared_dataset (str): the dataset name a bare ``data.path`` selects.
+        build_module (Callable): ``(cfg, dataset, device) -> train module``.
+        primary_metric (str): validation metric of early stopping and the best checkpoint.
+        evaluate (Callable): ``(model, dataset, ctx, cfg, split) -> metrics`` (collective).
+        train_batches (Callable): ``(dataset, cfg, rank, world_size, start, stop)`` -> batches.
+        id_tables (Callable): ``dataset -> {feature: vocabulary size}`` the tracker counts.
+        id_features (Callable): ``batch -> KJT`` of the ids the frequency tracker counts.
+        pipeline_postproc (bool): ``TrainPipelineSparseDist(pipeline_postproc=...)``: the
+            sequential model's negative sampler builds the item KJT inside the forward.
+    """
+
+    sequential: bool
+    datasets: Collection[str]
+    synthetic_dataset: str
+    prepared_dataset: str
+    build_module: Callable[[Config, Dataset, Optional[torch.device]], nn.Module]
+    primary_metric: str
+    evaluate: Callable[..., Dict[str, float]]
+    train_batches: Callable[..., Iterator[Any]]
+    id_tables: Callable[[Any], Dict[str, int]]
+    id_features: Callable[[Any], Any]
+    pipeline_postproc: bool
+
+
+FAMILIES: Dict[str, Family] = {
+    "ctr": Family(
+        sequential=False, datasets=tuple(DATASET_REGISTRY), synthetic_dataset="synthetic",
+        prepared_dataset="parquet", build_module=_ctr_module, primary_metric="auc",
+        evaluate=lambda model, ds, ctx, cfg, split: evaluate(model, ds, ctx, cfg.train.eval_batch_size, split),
+        train_batches=lambda ds, cfg, rank, ws, start, stop: ds.train_batches(rank, ws, cfg.train.batch_size, start, stop),
+        id_tables=lambda ds: dict(zip(ds.feature_names, ds.num_embeddings)),
+        id_features=lambda batch: batch.sparse_features, pipeline_postproc=False,
+    ),
+    "sequential": Family(
+        sequential=True, datasets=tuple(SEQUENCE_DATASETS), synthetic_dataset="synthetic_sequences",
+        prepared_dataset="sequences", build_module=_sequential_module, primary_metric="ndcg@10",
+        evaluate=evaluate_retrieval,
+        train_batches=lambda ds, cfg, rank, ws, start, stop: ds.train_batches(
+            rank, ws, cfg.train.batch_size, start, stop, cfg.model.max_seq_len),
+        id_tables=lambda ds: {ITEM_FEATURE: ds.num_items}, id_features=lambda batch: batch.items,
+        pipeline_postproc=True,
+    ),
+}  # fmt: skip
+
+
+def family_of(cfg: Config) -> Family:
+    """The model family of ``cfg.model.backbone``."""
+    return FAMILIES["sequential" if cfg.model.backbone in ENCODER_REGISTRY else "ctr"]
+
+
+def build_train_module(cfg: Config, dataset: Dataset, device: Optional[torch.device] = None) -> nn.Module:
+    """The unsharded model of ``cfg`` over ``dataset``'s tables, in its loss wrapper
+    (``MultiEmbeddingTrain`` or ``SequentialTrain``).
 
     ``device=meta`` leaves the tables unallocated for DistributedModelParallel.
     """
-    model = build_model(cfg.model, dataset.feature_names, dataset.num_embeddings, device, dataset.num_dense)
-    return MultiEmbeddingTrain(model)
+    return family_of(cfg).build_module(cfg, dataset, device)
 
 
 @dataclass
@@ -169,7 +276,11 @@ class Job:
     @property
     def dataset_name(self) -> str:
         """The dataset's registered name (``parquet`` when only a path was given)."""
-        return dataset_config(self.cfg.data).name
+        return dataset_config(self.cfg).name
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.cfg)
 
 
 def build_job(
@@ -188,11 +299,12 @@ def build_job(
     """
     ctx = ctx or init_distributed(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    dataset = dataset if dataset is not None else load_dataset(cfg.data)
+    dataset = dataset if dataset is not None else load_dataset(cfg)
     module = build_train_module(cfg, dataset, torch.device("meta"))
     apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
     dmp, plan = plan_and_shard(module, ctx, cfg.train.batch_size, constraints=constraints, plan=plan)
-    optimizer = build_optimizer(dmp, cfg.train.dense_lr, cfg.train.dense_weight_decay, fused=cfg.model.fused_dense)
+    t = cfg.train
+    optimizer = build_optimizer(dmp, t.dense_lr, t.dense_weight_decay, cfg.model.fused_dense, t.dense_optimizer, t.dense_betas)
     return Job(cfg, ctx, dataset, dmp, optimizer, plan)
 
 
@@ -201,12 +313,12 @@ def job_from_checkpoint(path: Path, ctx: Optional[DistContext] = None, data_path
     (DCP reshards), with its weights loaded. ``data_path`` scores another prepared
     dataset instead of the one trained on; its tables must match the checkpoint's."""
     cfg = job_config_from_dict(ckpt.read_meta(path)["config"], origin=f"{path}/{ckpt.META}")
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg)
     if data_path is not None:
         trained = dataset
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name="parquet", path=data_path))
         try:
-            dataset = load_dataset(cfg.data)
+            dataset = load_dataset(cfg)
         except DatasetError as e:
             raise ConfigError(f"--data: {e}") from e
         _check_same_tables(trained, dataset, data_path)

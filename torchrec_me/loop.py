@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
@@ -21,7 +20,6 @@ from torchrec_me.analysis.frequency import IdFrequencyTracker
 from torchrec_me.analysis.report import collapse_report, ia_log_record
 from torchrec_me.config import RESUMABLE_KEYS, Config, ConfigError, changed_keys
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.evaluation import evaluate
 from torchrec_me.job import Job
 from torchrec_me.run_dir import RunDir
 
@@ -33,12 +31,13 @@ class TrainingError(RuntimeError):
 class LoopState:
     """Mutable state of one run: what a checkpoint must carry besides tensors."""
 
-    SAVED = ("step", "train_seconds", "best_auc", "best_step", "bad_evals", "stopped_early")
+    SAVED = ("step", "train_seconds", "best_value", "best_step", "bad_evals", "stopped_early")
 
     def __init__(self) -> None:
         self.step = 0
         self.train_seconds = 0.0
-        self.best_auc = -math.inf
+        self.best_value = -math.inf  # of the family's primary validation metric
+        self.best_test: Optional[Dict[str, float]] = None  # the reference protocol's best
         self.best_step: Optional[int] = None
         self.bad_evals = 0
         self.stopped_early = False
@@ -47,11 +46,12 @@ class LoopState:
         self.last_checkpoint: Optional[str] = None
 
     def meta(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in self.SAVED} | {"reader_position": self.step}
+        return {k: getattr(self, k) for k in self.SAVED} | {"reader_position": self.step, "best_test": self.best_test}
 
     def restore(self, meta: Dict[str, Any]) -> None:
         for key in self.SAVED:
-            setattr(self, key, meta[key])
+            setattr(self, key, meta[key] if key in meta else meta["best_auc"])  # best_auc: written before 2026-11-30
+        self.best_test = meta.get("best_test")
 
 
 def boundaries(cfg: Config, start: int) -> List[int]:
@@ -129,35 +129,48 @@ class Checkpointer:
 
 
 class Validator:
-    """Validation every ``train.eval_every`` steps, early stopping on the validation AUC,
-    and the paper's protocol at the end: the test AUC of the best validation checkpoint.
+    """Validation every ``train.eval_every`` steps, early stopping on the family's primary
+    metric (AUC, or NDCG@10 for sequential models), and the test at the end.
+
+    Protocols (``train.eval_protocol``): ``honest`` reports the test metrics of the best
+    validation checkpoint (the multi-embedding paper's protocol, and the default);
+    ``reference`` evaluates the test split at every validation and reports its best, as
+    the published HSTU numbers were obtained.
 
     Args:
         job (Job): the model and data to evaluate.
-        state (LoopState): holds the best AUC and the early-stopping count.
+        state (LoopState): holds the best value and the early-stopping count.
         checkpoints (Checkpointer): saves each new best.
         progress (Progress): logs and prints each validation.
     """
 
     def __init__(self, job: Job, state: LoopState, checkpoints: Checkpointer, progress: "Progress") -> None:
         self.job, self.state, self.checkpoints, self.progress = job, state, checkpoints, progress
+        self.metric = job.family.primary_metric
+        self.reference = job.cfg.train.eval_protocol == "reference"
 
     def _evaluate(self, split: str) -> Dict[str, float]:
-        return evaluate(self.job.model, self.job.dataset, self.job.ctx, self.job.cfg.train.eval_batch_size, split)
+        job = self.job
+        return job.family.evaluate(job.model, job.dataset, job.ctx, job.cfg, split)
 
     def validate_if_due(self) -> None:
         s, t = self.state, self.job.cfg.train
         if not _due(t.eval_every, s.step, t.steps):
             return
         s.last_val, s.last_val_step = self._evaluate("val"), s.step
-        self.progress.log({"step": s.step, **{f"val_{k}": v for k, v in s.last_val.items()}})
-        if s.last_val["auc"] > s.best_auc:
-            s.best_auc, s.best_step, s.bad_evals = s.last_val["auc"], s.step, 0
+        test = self._evaluate("test") if self.reference else None
+        self.progress.log({"step": s.step, **{f"val_{k}": v for k, v in s.last_val.items()},
+                           **{f"test_{k}": v for k, v in (test or {}).items()}})  # fmt: skip
+        if s.last_val[self.metric] > s.best_value:
+            s.best_value, s.best_step, s.bad_evals = s.last_val[self.metric], s.step, 0
             self.checkpoints.save(best=True)
         else:
             s.bad_evals += 1
             s.stopped_early = s.bad_evals >= t.early_stop_patience
-        self.progress.say(f"step {s.step}: val auc {s.last_val['auc']:.4f} (best {s.best_auc:.4f} at {s.best_step})")
+        if test is not None and (s.best_test is None or test[self.metric] > s.best_test[self.metric]):
+            s.best_test = test
+        value = s.last_val[self.metric]
+        self.progress.say(f"step {s.step}: val {self.metric} {value:.4f} (best {s.best_value:.4f} at {s.best_step})")
 
     def final(self) -> Dict[str, float]:
         """The validation metrics of the model as it is now."""
@@ -166,16 +179,17 @@ class Validator:
         return self.state.last_val
 
     def test(self) -> Dict[str, Any]:
-        """Test metrics of the best checkpoint, or of the final model when no checkpoint
-        was kept (no run dir); ``test_model`` says which was measured."""
+        """Test metrics under the protocol; ``test_model`` says which model was measured:
+        the best validation checkpoint, the final model (no run dir, so no checkpoint was
+        kept), or the best test evaluation (reference protocol)."""
+        s = self.state
+        out: Dict[str, Any] = {"best_step": s.best_step, f"best_val_{self.metric}": s.best_value,
+                               "stopped_early": s.stopped_early, "eval_protocol": self.job.cfg.train.eval_protocol}  # fmt: skip
+        if self.reference and s.best_test is not None:
+            return {**out, **{f"test_{k}": v for k, v in s.best_test.items()}, "test_model": "best_test_evaluation"}
         best = self.checkpoints.load_best()
         test = self._evaluate("test")
-        s = self.state
-        return {
-            "best_step": s.best_step, "best_val_auc": s.best_auc, "stopped_early": s.stopped_early,
-            "test_auc": test["auc"], "test_logloss": test["logloss"],
-            "test_model": "best_checkpoint" if best else "final",
-        }  # fmt: skip
+        return {**out, **{f"test_{k}": v for k, v in test.items()}, "test_model": "best_checkpoint" if best else "final"}
 
 
 class LiveIA:
@@ -255,9 +269,9 @@ class Progress:
         self.bar.close()
 
 
-def _tracked(batches: Iterator[Batch], tracker: IdFrequencyTracker) -> Iterator[Batch]:
+def _tracked(batches: Iterator[Any], tracker: IdFrequencyTracker, features: Any) -> Iterator[Any]:
     for batch in batches:
-        tracker.update(batch.sparse_features)
+        tracker.update(features(batch))
         yield batch
 
 
@@ -267,9 +281,10 @@ def run_segment(job: Job, state: LoopState, tracker: IdFrequencyTracker, stop: i
     Every batch passes the tracker first, which counts the ids read (the trained-rows
     mask of the collapse analysis) and refuses ids outside a table before FBGEMM sees them.
     """
-    cfg, ctx = job.cfg, job.ctx
-    pipeline = TrainPipelineSparseDist(job.model, job.optimizer, ctx.device)
-    batches = _tracked(job.dataset.train_batches(ctx.rank, ctx.world_size, cfg.train.batch_size, state.step, stop), tracker)
+    ctx, family = job.ctx, job.family
+    pipeline = TrainPipelineSparseDist(job.model, job.optimizer, ctx.device, pipeline_postproc=family.pipeline_postproc)
+    batches = family.train_batches(job.dataset, job.cfg, ctx.rank, ctx.world_size, state.step, stop)
+    batches = _tracked(batches, tracker, family.id_features)
     seg_start, seg_step = time.perf_counter(), state.step
     try:
         while True:
@@ -278,7 +293,7 @@ def run_segment(job: Job, state: LoopState, tracker: IdFrequencyTracker, stop: i
             except StopIteration:
                 break
             state.step += 1
-            if state.step % cfg.train.log_every == 0 or state.step == stop:
+            if state.step % job.cfg.train.log_every == 0 or state.step == stop:
                 progress.step(loss, seg_start, seg_step)
     finally:
         state.train_seconds += time.perf_counter() - seg_start

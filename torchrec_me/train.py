@@ -13,6 +13,7 @@ from torchrec_me.command import parse_with_overrides, run_command
 from torchrec_me.config import ConfigError, dump_config
 from torchrec_me.job import Job, build_job, load_job_config
 from torchrec_me.loop import Checkpointer, LiveIA, LoopState, Progress, Validator, boundaries, run_segment
+from torchrec_me.retrieval import popularity_baseline
 from torchrec_me.run_dir import RunDir, check_output_file
 
 
@@ -36,7 +37,7 @@ def train(
     job = build_job(cfg)
     run = RunDir(run_dir, is_writer=job.ctx.rank == 0)
     state = LoopState()
-    tracker = IdFrequencyTracker(dict(zip(job.dataset.feature_names, job.dataset.num_embeddings)), device=job.ctx.device)
+    tracker = IdFrequencyTracker(job.family.id_tables(job.dataset), device=job.ctx.device)
     checkpoints = Checkpointer(job, run, state, tracker)
     say = print if job.ctx.rank == 0 else (lambda text: None)
     resumed_from = checkpoints.resume(say) if resume else None
@@ -71,11 +72,7 @@ def _metrics(job: Job, state: LoopState, val: Dict[str, float], resumed_from: Op
     cfg = job.cfg
     global_batch = cfg.train.batch_size * job.ctx.world_size
     metrics: Dict[str, Any] = {
-        "val_auc": val["auc"],
-        "val_logloss": val["logloss"],
-        "val_samples": val["samples"],
-        "oracle_auc": val.get("oracle_auc"),
-        "oracle_logloss": val.get("oracle_logloss"),
+        **(_sequential_metrics(job, val) if job.family.sequential else _ctr_metrics(val)),
         "train_samples_per_s": (state.step * global_batch / state.train_seconds) if state.train_seconds > 0 else 0.0,
         "train_seconds": state.train_seconds,
         "steps": state.step,
@@ -89,22 +86,53 @@ def _metrics(job: Job, state: LoopState, val: Dict[str, float], resumed_from: Op
         "resumed_from": resumed_from,
         "ia_seconds": ia_seconds,
     }
-    if metrics["oracle_auc"] is not None:
-        metrics["oracle_lift_fraction"] = (val["auc"] - 0.5) / (val["oracle_auc"] - 0.5)
     return metrics
+
+
+def _ctr_metrics(val: Dict[str, float]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {
+        "val_auc": val["auc"], "val_logloss": val["logloss"], "val_samples": val["samples"],
+        "oracle_auc": val.get("oracle_auc"), "oracle_logloss": val.get("oracle_logloss"),
+    }  # fmt: skip
+    if out["oracle_auc"] is not None:
+        out["oracle_lift_fraction"] = (val["auc"] - 0.5) / (val["oracle_auc"] - 0.5)
+    return out
+
+
+def _sequential_metrics(job: Job, val: Dict[str, float]) -> Dict[str, Any]:
+    """Validation metrics, the dataset's size, the popularity baseline's test metrics and,
+    for synthetic data, the Bayes-optimal ranking's expected metrics."""
+    ds, cfg = job.dataset, job.cfg
+    out: Dict[str, Any] = {f"val_{k}": v for k, v in val.items()}
+    out.update(num_items=ds.num_items, num_users=ds.num_users, exclude_history=cfg.train.exclude_history)
+    out.update({f"popularity_test_{k}": v for k, v in popularity_baseline(ds, job.ctx, cfg, "test").items()})
+    if hasattr(ds, "oracle_metrics"):
+        for split in ("val", "test"):
+            oracle = ds.oracle_metrics(split, exclude_seen=cfg.train.exclude_history)
+            out.update({f"{split}_{k}": v for k, v in oracle.items()})
+    return out
 
 
 def _print_summary(job: Job, metrics: Dict[str, Any]) -> None:
     if job.ctx.rank != 0:
         return
-    line = f"validation: auc {metrics['val_auc']:.4f}  logloss {metrics['val_logloss']:.4f}"
-    if metrics["oracle_auc"] is not None:
-        line += f"  (oracle auc {metrics['oracle_auc']:.4f}, lift recovered {metrics['oracle_lift_fraction']:.1%})"
+    metric = job.family.primary_metric
+    line = f"validation: {metric} {metrics[f'val_{metric}']:.4f}"
+    if job.family.sequential:
+        line += f"  hr@10 {metrics['val_hr@10']:.4f}  (popularity test hr@10 {metrics['popularity_test_hr@10']:.4f}"
+        line += f", oracle {metrics['val_oracle_hr@10']:.4f})" if "val_oracle_hr@10" in metrics else ")"
+    else:
+        line += f"  logloss {metrics['val_logloss']:.4f}"
+        if metrics["oracle_auc"] is not None:
+            line += f"  (oracle auc {metrics['oracle_auc']:.4f}, lift recovered {metrics['oracle_lift_fraction']:.1%})"
     print(line + f"  | {metrics['train_samples_per_s']:,.0f} train samples/s", flush=True)
-    if "test_auc" in metrics:
-        which = f"best checkpoint, step {metrics['best_step']}" if metrics["test_model"] == "best_checkpoint" else (
-            f"final model, step {metrics['steps']}; no --run-dir, so no best checkpoint was kept")
-        print(f"test ({which}): auc {metrics['test_auc']:.4f}", flush=True)
+    if f"test_{metric}" in metrics:
+        which = {
+            "best_checkpoint": f"best checkpoint, step {metrics['best_step']}",
+            "final": f"final model, step {metrics['steps']}; no --run-dir, so no best checkpoint was kept",
+            "best_test_evaluation": "reference protocol: the best test evaluation",
+        }[metrics["test_model"]]
+        print(f"test ({which}): {metric} {metrics[f'test_{metric}']:.4f}", flush=True)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

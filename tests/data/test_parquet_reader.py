@@ -147,7 +147,7 @@ def test_out_of_range_ids_are_refused(dataset_dir: Path, tmp_path: Path) -> None
     meta = json.loads((bad / "metadata.json").read_text())
     meta["sparse_features"][1]["vocab_size"] = 3  # tags has 5 tokens and ids up to 4
     (bad / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match="has 5 tokens of feature 'tags', metadata.json says vocab_size 3"):
+    with pytest.raises(DatasetError, match="has 5 tokens of feature 'tags' with ids 0..4, but metadata.json says vocab_size 3"):
         ParquetDataset(DataConfig(name="parquet", path=str(bad)))
 
     cat = np.arange(100) % 3

@@ -117,6 +117,12 @@ def test_per_position_sampler_in_the_model(torch_seed: int) -> None:
     loss, logits, _ = model.forward_train(_batch([[1, 2, 3], [4, 5], [6]], [[0, 1, 2], [0, 1], [0]], [-1] * 3, [0] * 3))
     assert logits.shape == (3, 7) and torch.isfinite(loss)
     loss.backward()
+    # Rows of one item predict nothing: an empty loss, still differentiable.
+    empty, logits, _ = model.forward_train(_batch([[1], [2]], [[0], [0]], [-1] * 2, [0] * 2))
+    assert empty.item() == 0 and logits.shape == (0, 7)
+    empty.backward()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.forward_train(_batch([list(range(10))], [list(range(10))], [-1], [0]))
 
 
 def test_train_wrapper_contract(torch_seed: int) -> None:

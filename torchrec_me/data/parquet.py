@@ -54,7 +54,7 @@ from torchrec.datasets.utils import Batch
 from torchrec_me.config import DataConfig
 from torchrec_me.data.blocks import Block, Layout, check_footer, read_row_group, to_batch
 from torchrec_me.data.store import (
-    FINGERPRINT_KEY, PATH_MANAGER, SPLITS, VOCAB_FILE, DatasetError, arrow_reason, join, load_metadata,
+    FINGERPRINT_KEY, PATH_MANAGER, SPLITS, VOCAB_FILE, DatasetError, join, load_metadata, unreadable,
     vocab_fingerprint,
 )  # fmt: skip
 
@@ -186,7 +186,7 @@ class ParquetDataset:
             try:
                 md = pq.ParquetFile(local).metadata
             except (pa.ArrowException, OSError) as e:
-                raise DatasetError(f"cannot read {local} (corrupt or truncated?): {arrow_reason(e)}") from None
+                raise unreadable(local, e) from None
             check_footer(md, self.layout, local)
             groups, start = [], 0
             for i in range(md.num_row_groups):
@@ -207,7 +207,7 @@ class ParquetDataset:
                     files[g.file] = pq.ParquetFile(g.file, memory_map=True)
                 return read_row_group(files[g.file], g.index, self.layout, g.file)
             except (pa.ArrowException, OSError) as e:
-                raise DatasetError(f"cannot read row group {g.index} of {g.file} (corrupt?): {arrow_reason(e)}") from None
+                raise unreadable(f"row group {g.index} of {g.file}", e) from None
 
         return read
 

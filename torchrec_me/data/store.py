@@ -28,7 +28,6 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, PathManager
 
@@ -117,9 +116,10 @@ def load_metadata(path: str) -> Dict[str, Any]:
     return meta
 
 
-def arrow_reason(e: BaseException) -> str:
-    """The first line of an Arrow or I/O error, for a one-line message."""
-    return (str(e).splitlines() or [type(e).__name__])[0]
+def unreadable(what: str, e: BaseException) -> DatasetError:
+    """The one-line error for a file of a dataset that Arrow could not read."""
+    hint = "missing" if isinstance(e, FileNotFoundError) else "corrupt or truncated?"
+    return DatasetError(f"cannot read {what} ({hint}): {(str(e).splitlines() or [type(e).__name__])[0]}")
 
 
 def vocab_fingerprint(vocab_path: str, sparse_features: Sequence[Mapping[str, Any]]) -> str:
@@ -135,7 +135,7 @@ def vocab_fingerprint(vocab_path: str, sparse_features: Sequence[Mapping[str, An
     try:
         table = pq.read_table(vocab_path, columns=["field", "token", "id"], read_dictionary=["field"])
     except (pa.ArrowException, OSError) as e:
-        raise DatasetError(f"cannot read {vocab_path} (corrupt or truncated?): {arrow_reason(e)}") from None
+        raise unreadable(vocab_path, e) from None
     index = {str(f["name"]): k for k, f in enumerate(sparse_features)}
     codes = [np.zeros(0, np.int64)]  # per row, its feature's position in sparse_features (-1: none)
     for chunk in table.column("field").chunks:

@@ -7,7 +7,7 @@ one ``CombinedOptimizer`` that ``TrainPipelineSparseDist`` steps.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Type
+from typing import Any, Dict, Iterable, Sequence, Type
 
 import torch
 from torch import nn
@@ -60,15 +60,26 @@ def _fused_adam_ok(params: Iterable[torch.Tensor]) -> bool:
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool = True) -> CombinedOptimizer:
-    """The fused sparse optimizer (already applied in backward) + Adam over the dense
-    parameters; ``fused`` selects PyTorch's single-kernel Adam where it applies, else the
-    plain per-tensor loop (the same math)."""
+DENSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    fused: bool = True,
+    kind: str = "adam",
+    betas: Sequence[float] = (0.9, 0.999),
+) -> CombinedOptimizer:
+    """The fused sparse optimizer (already applied in backward) + ``kind`` (Adam or AdamW)
+    over the dense parameters; ``fused`` selects PyTorch's single-kernel implementation
+    where it applies, else the plain per-tensor loop (the same math)."""
     dense = dict(in_backward_optimizer_filter(model.named_parameters()))
+    cls = DENSE_OPTIMIZERS[kind]
     dense_opt = KeyedOptimizerWrapper(
         dense,
-        lambda params: torch.optim.Adam(
-            params, lr=lr, weight_decay=weight_decay, fused=fused and _fused_adam_ok(params)
+        lambda params: cls(
+            params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused and _fused_adam_ok(params)
         ),
     )
     sparse = getattr(model, "fused_optimizer", None)

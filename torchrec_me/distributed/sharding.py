@@ -7,7 +7,7 @@ planner ``Topology``; nothing else changes.
 import os
 from datetime import timedelta
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Type
+from typing import Any, Dict, Iterable, List, Optional, Type
 
 import torch
 import torch.distributed as dist
@@ -19,7 +19,10 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingPlan, ShardingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+# The embedding collections torchrec_me plans: pooled (CTR) and unpooled (sequences).
+COLLECTIONS = (EmbeddingBagCollection, EmbeddingCollection)
 
 from torchrec_me.distributed.cpu_memory import keep_freed_memory
 
@@ -151,11 +154,11 @@ def plan_tables(
     return ShardingPlan(plans)
 
 
-def _top_level_ebcs(model: nn.Module) -> "list[tuple[str, EmbeddingBagCollection]]":
-    """The EmbeddingBagCollections of ``model`` by path (none nested in another)."""
-    found: "list[tuple[str, EmbeddingBagCollection]]" = []
+def _top_level_ebcs(model: nn.Module) -> "list[tuple[str, nn.Module]]":
+    """The embedding collections (EBC or EC) of ``model`` by path (none nested in another)."""
+    found: "list[tuple[str, nn.Module]]" = []
     for name, m in model.named_modules():
-        if isinstance(m, EmbeddingBagCollection) and not any(name.startswith(p + ".") for p, _ in found):
+        if isinstance(m, COLLECTIONS) and not any(name.startswith(p + ".") for p, _ in found):
             found.append((name, m))
     return found
 
@@ -170,16 +173,24 @@ def fused_constraints(model: nn.Module) -> Dict[str, ParameterConstraints]:
     return {
         table.name: ParameterConstraints(sharding_types=types, compute_kernels=[EmbeddingComputeKernel.FUSED.value])
         for m in model.modules()
-        if isinstance(m, EmbeddingBagCollection)
-        for table in m.embedding_bag_configs()
+        if isinstance(m, COLLECTIONS)
+        for table in _table_configs(m)
     }
 
 
+def _table_configs(collection: nn.Module) -> List[Any]:
+    if isinstance(collection, EmbeddingBagCollection):
+        return list(collection.embedding_bag_configs())
+    return list(collection.embedding_configs())  # type: ignore[operator]
+
+
 def named_sharded_modules(model: nn.Module) -> Iterable["tuple[str, nn.Module]"]:
-    """The sharded EmbeddingBagCollections inside a DMP model, by name."""
+    """The sharded embedding collections (EBC or EC) inside a DMP model, by name."""
+    from torchrec.distributed.embedding import ShardedEmbeddingCollection
     from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ShardedEmbeddingBagCollection)]
+    sharded = (ShardedEmbeddingBagCollection, ShardedEmbeddingCollection)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, sharded)]
 
 
 @torch.no_grad()

@@ -157,9 +157,14 @@ class TrainViews:
 
 @torch.fx.wrap
 def train_views(
-    per_set: List[Dict[str, JaggedTensor]], features: KeyedJaggedTensor, timestamps: torch.Tensor, per_position: bool
+    per_set: List[Dict[str, JaggedTensor]],
+    features: KeyedJaggedTensor,
+    timestamps: torch.Tensor,
+    num_negatives: int,
+    per_position: bool,
 ) -> TrainViews:
-    """Pad the lookups of a training batch (``features`` from :class:`NegativeSampler`).
+    """Pad the lookups of a training batch (``features`` from :class:`NegativeSampler`,
+    ``num_negatives`` per row or, with ``per_position``, per predicted position).
 
     A leaf for ``torch.fx``: ``TrainPipelineSparseDist`` traces the model around it.
     """
@@ -167,12 +172,11 @@ def train_views(
     lengths = items.lengths().long()
     full = padding_mask(lengths, max(int(lengths.max()) if lengths.numel() else 0, 2))
     mask = padding_mask(lengths - 1, full.shape[1] - 1)
-    batch = lengths.numel()
 
     def negative_view(values: torch.Tensor) -> torch.Tensor:
         if per_position:
-            return to_padded(values.reshape(int(mask.sum()), -1, *values.shape[1:]), mask)
-        return values.reshape(batch, -1, *values.shape[1:])
+            return to_padded(values.reshape(int(mask.sum()), num_negatives, *values.shape[1:]), mask)
+        return values.reshape(lengths.numel(), num_negatives, *values.shape[1:])
 
     padded = [to_padded(out[ITEM_FEATURE].values(), full) for out in per_set]
     ids, times = to_padded(items.values(), full), to_padded(timestamps, full)
@@ -260,6 +264,7 @@ class SequentialModel(nn.Module):
         self.dims = config.dims()
         sampler = sampler if sampler is not None else NegativeSampler(num_items, config.num_negatives)
         self.per_position = sampler.per_position
+        self.num_negatives = sampler.num_negatives
         self.sampler = sampler
         self.item_sets = ItemEmbeddingSets(num_items, self.dims, device)
         self.encoders = SetEncoders(config.backbone, self.dims, config.encoder_config(), config.shared_encoder)
@@ -270,7 +275,7 @@ class SequentialModel(nn.Module):
         (training rows: items ``0..L_b-2`` predict ``1..L_b-1``)."""
         features = self.sampler(batch.items, batch.users)
         per_set = self.item_sets(features)
-        views = train_views(per_set, features, batch.timestamps, self.per_position)
+        views = train_views(per_set, features, batch.timestamps, self.num_negatives, self.per_position)
         users = self.encoders(views.inputs, views.mask, views.timestamps, views.next_timestamps)
         return self.loss(users, views.positives, views.negatives, views.mask, views.positive_ids, views.negative_ids)
 

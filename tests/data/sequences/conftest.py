@@ -8,6 +8,7 @@ from tests.data.sequences.rawseq import random_log, write_udata
 from torchrec_me.data.prepare.common import PrepareOptions
 from torchrec_me.data.sequences.dataset import SequenceDataset
 from torchrec_me.data.sequences.prepare import prepare_sequences
+from torchrec_me.data.sequences.reader import ReadOptions
 from torchrec_me.data.sequences.synthetic import SyntheticSequenceConfig, SyntheticSequences
 
 QUIET = PrepareOptions(summary=False)
@@ -24,10 +25,11 @@ def prepared_dir(session_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(prepared_dir: Path) -> SequenceDataset:
-    return SequenceDataset(str(prepared_dir), seed=7)
+    return SequenceDataset(str(prepared_dir), ReadOptions(seed=7))
 
 
 @pytest.fixture(scope="session")
 def synthetic_small() -> SyntheticSequences:
     """512 users, 256 items: fast enough for the batch-contract tests."""
-    return SyntheticSequences(SyntheticSequenceConfig(num_users=512, num_items=256, num_topics=8, mean_length=20, seed=5))
+    cfg = SyntheticSequenceConfig(num_users=512, num_items=256, num_topics=8, mean_length=20, seed=5)
+    return SyntheticSequences(cfg)

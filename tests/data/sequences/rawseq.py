@@ -17,7 +17,7 @@ class Event(NamedTuple):
     timestamp: int
 
 
-def random_log(n_users: int = 40, n_items: int = 30, seed: int = 0, max_len: int = 12, users_prefix: str = "") -> List[Event]:
+def random_log(n_users: int = 40, n_items: int = 30, seed: int = 0, max_len: int = 12) -> List[Event]:
     """Users with 1..max_len events, Zipf-ish items, coarse timestamps (ties), shuffled order."""
     rng = random.Random(seed)
     events = []
@@ -26,7 +26,7 @@ def random_log(n_users: int = 40, n_items: int = 30, seed: int = 0, max_len: int
         for _ in range(rng.randint(1, max_len)):
             item = min(int(rng.paretovariate(0.7)), n_items)
             t += rng.choice([0, 0, 10, 50])
-            events.append(Event(f"{users_prefix}{u + 1}", f"{item * 7 + 1}", float(rng.randint(1, 5)), t))
+            events.append(Event(f"{u + 1}", f"{item * 7 + 1}", float(rng.randint(1, 5)), t))
     rng.shuffle(events)
     return events
 
@@ -40,7 +40,8 @@ def expected_sequences(events: Sequence[Event], by_time: bool = True) -> Dict[st
     """user -> [(item, timestamp, rating)] in time order, ties (or everything, without time) in input order."""
     out: Dict[str, List[Tuple[int, int, Tuple[str, int, float]]]] = {}
     for k, e in enumerate(events):
-        out.setdefault(e.user, []).append((e.timestamp if by_time else 0, k, (e.item, e.timestamp if by_time else 0, e.rating)))
+        t = e.timestamp if by_time else 0
+        out.setdefault(e.user, []).append((t, k, (e.item, t, e.rating)))
     return {u: [x for _, _, x in sorted(rows)] for u, rows in out.items()}
 
 

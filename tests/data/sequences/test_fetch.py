@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import pytest
+from pytest import MonkeyPatch
 
 from tests.data.sequences.rawseq import random_log, write_ratings_dat
 from torchrec_me.data.prepare.common import PrepareError, PrepareOptions
@@ -71,7 +72,9 @@ def small_zip(tmp_path: Path) -> bytes:
     return buf.getvalue()
 
 
-def register(monkeypatch: pytest.MonkeyPatch, server: Server, payload: bytes, known: bool = True, unpack: bool = True) -> str:
+def register(
+    monkeypatch: pytest.MonkeyPatch, server: Server, payload: bytes, known: bool = True, unpack: bool = True
+) -> str:
     """Serve ``payload`` and register it as ``movielens-1m`` (size and sha256 known or not); its URL."""
     server.payload = payload
     url = f"http://127.0.0.1:{server.server_address[1]}/ml-1m.zip"
@@ -93,7 +96,7 @@ def test_fetch_unpacks_checks_and_records(tmp_path: Path, server: Server, monkey
     assert meta["input_variant"] == "ratings.dat" and meta["num_users"] == 20
 
 
-def test_interrupted_download_resumes_with_range(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_download_resumes_with_range(tmp_path: Path, server: Server, monkeypatch: MonkeyPatch) -> None:
     payload = small_zip(tmp_path)
     register(monkeypatch, server, payload)
     server.cut_after = 300
@@ -108,7 +111,7 @@ def test_interrupted_download_resumes_with_range(tmp_path: Path, server: Server,
     assert not part.exists()
 
 
-def test_server_ignoring_range_restarts_the_file(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_ignoring_range_restarts_the_file(tmp_path: Path, server: Server, monkeypatch: MonkeyPatch) -> None:
     payload = b"user,item,rating,timestamp\n" * 50
     register(monkeypatch, server, payload, known=False, unpack=False)
     server.honour_range = False
@@ -137,7 +140,7 @@ def test_unreachable_host_is_one_clear_line(tmp_path: Path) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_existing_output_is_refused_before_downloading(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_output_is_refused_before_download(tmp_path: Path, server: Server, monkeypatch: MonkeyPatch) -> None:
     register(monkeypatch, server, b"x")
     (tmp_path / "ml-1m").mkdir()
     with pytest.raises(PrepareError, match="already exists"):
@@ -147,7 +150,7 @@ def test_existing_output_is_refused_before_downloading(tmp_path: Path, server: S
         fetch_dataset("imagenet", str(tmp_path / "x"))
 
 
-def test_cli_fetch(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_cli_fetch(tmp_path: Path, server: Server, monkeypatch: MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     url = register(monkeypatch, server, small_zip(tmp_path))
     assert commands.main(["fetch", "movielens-1m", "--output", str(tmp_path / "a"), "--url", url]) == 0
     assert "prepare sequences --format movielens" in capsys.readouterr().out
@@ -155,3 +158,14 @@ def test_cli_fetch(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPat
     assert commands.main(["fetch", "movielens-1m", "--output", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("torchrec-me: error:") and "expected" in err[-1]
+
+
+def test_overwrite_replaces_only_a_fetched_directory(tmp_path: Path, server: Server, monkeypatch: MonkeyPatch) -> None:
+    register(monkeypatch, server, small_zip(tmp_path))
+    first = fetch_dataset("movielens-1m", str(tmp_path / "ml-1m"))
+    again = fetch_dataset("movielens-1m", str(tmp_path / "ml-1m"), overwrite=True)
+    assert first == again and (again / "ratings.dat").is_file()
+    (again / "notes.txt").write_text("mine")
+    with pytest.raises(PrepareError, match="notes.txt"):
+        fetch_dataset("movielens-1m", str(tmp_path / "ml-1m"), overwrite=True)
+    assert (again / "notes.txt").read_text() == "mine"

@@ -43,14 +43,15 @@ def read_back(out: Path) -> Rows:
     """user token -> [(item token, timestamp, rating)] as the prepared files hold them."""
     tokens = pq.read_table(out / "items.parquet").column("token").to_pylist()
     rows = pq.read_table(out / "users.parquet").to_pylist()
-    return {r["token"]: [(tokens[i], t, r_) for i, t, r_ in zip(r["items"], r["timestamps"], r["ratings"])] for r in rows}
+    return {r["token"]: list(zip([tokens[i] for i in r["items"]], r["timestamps"], r["ratings"])) for r in rows}
 
 
 def _expected(name: str, events: List[Event]) -> Rows:
     if name == "amazon":
         events = [Event(*amazon_tokens(e), e.rating, e.timestamp) for e in events]
     has_time = CASES[name][3]
-    return {u: [(i, t, r if has_time else 1.0) for i, t, r in rows] for u, rows in expected_sequences(events, has_time).items()}
+    expected = expected_sequences(events, has_time)
+    return {u: [(i, t, r if has_time else 1.0) for i, t, r in rows] for u, rows in expected.items()}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -65,11 +66,28 @@ def test_format_round_trip_with_bad_lines(name: str, tmp_path: Path) -> None:
     assert meta["skipped"]["total"] == 2 and set(meta["skipped"]["by_reason"]) == REASONS[name]
     assert meta["rows"] == {"input": len(events) + 2, "valid": len(events), "skipped": 2}
     assert meta["num_interactions"] == len(events) and meta["num_users"] == 30
+    lines = [k for k, line in enumerate(raw.read_text().splitlines(), start=1) if line in bad]
+    examples = [e for reason in meta["skipped"]["examples"].values() for e in reason]
+    assert sorted(int(e.split(":")[0].split()[1]) for e in examples) == lines  # the lines of the file
+
+
+@pytest.mark.parametrize("name", ["u.data", "lines"])
+def test_lines_not_utf8_and_blank_are_counted(name: str, tmp_path: Path) -> None:
+    fmt, write, filename, has_time, _ = CASES[name]
+    events = random_log(n_users=30, seed=1)
+    raw = write(tmp_path / filename, events if has_time else time_ordered(events), [(3, "\n")])
+    data = raw.read_bytes().split(b"\n")
+    data[9] = b"7\t\xff\xfe\t3\t100" if has_time else b"7 \xff\xfe"
+    raw.write_bytes(b"\n".join(data))
+    meta = prepare_sequences(str(raw), str(tmp_path / "out"), OPTIONS, fmt=fmt)
+    assert meta["skipped"]["by_reason"] == {"not UTF-8": 1, "blank line": 2}
+    assert meta["skipped"]["examples"]["not UTF-8"][0].startswith("line 10:")
 
 
 def test_item_ids_are_dense_most_frequent_first(tmp_path: Path) -> None:
     events = random_log(n_users=50, seed=11)
-    meta = prepare_sequences(str(write_udata(tmp_path / "u.data", events)), str(tmp_path / "out"), OPTIONS, fmt="movielens")
+    raw = write_udata(tmp_path / "u.data", events)
+    meta = prepare_sequences(str(raw), str(tmp_path / "out"), OPTIONS, fmt="movielens")
     items = pq.read_table(tmp_path / "out" / "items.parquet").to_pylist()
     counts = collections.Counter(e.item for e in events)
     first = {}

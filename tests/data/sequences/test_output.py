@@ -18,6 +18,7 @@ from torchrec_me.data.sequences.prepare import prepare_sequences
 from torchrec_me.data.store import DatasetError
 
 QUIET = PrepareOptions(summary=False)
+OVERWRITE = PrepareOptions(summary=False, overwrite=True)
 
 
 def _raw(tmp_path: Path, seed: int = 0) -> str:
@@ -45,10 +46,10 @@ def test_overwrite_replaces_only_when_complete(tmp_path: Path, monkeypatch: pyte
     first = prepare_sequences(_raw(tmp_path, 0), str(out), QUIET, fmt="movielens")
     monkeypatch.setattr(prepare_module, "write_files", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
     with pytest.raises(RuntimeError):
-        prepare_sequences(_raw(tmp_path, 1), str(out), PrepareOptions(summary=False, overwrite=True), fmt="movielens")
+        prepare_sequences(_raw(tmp_path, 1), str(out), OVERWRITE, fmt="movielens")
     assert json.loads((out / "metadata.json").read_text())["fingerprint"] == first["fingerprint"]
     monkeypatch.undo()
-    second = prepare_sequences(_raw(tmp_path, 1), str(out), PrepareOptions(summary=False, overwrite=True), fmt="movielens")
+    second = prepare_sequences(_raw(tmp_path, 1), str(out), OVERWRITE, fmt="movielens")
     assert json.loads((out / "metadata.json").read_text()) == second
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -75,3 +76,10 @@ def test_reader_checks_the_vocabulary_fingerprint(prepared_dir: Path, tmp_path: 
     pq.write_table(items.set_column(1, "token", pa.array(swapped, pa.string())), copy / "items.parquet")
     with pytest.raises(DatasetError, match="do not match metadata.json"):
         SequenceDataset(str(copy))
+
+
+def test_output_may_not_be_the_input_directory(tmp_path: Path) -> None:
+    raw = _raw(tmp_path)
+    with pytest.raises(PrepareError, match="input"):
+        prepare_sequences(str(Path(raw).parent), str(Path(raw).parent), OVERWRITE, fmt="movielens")
+    assert Path(raw).is_file()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from torchrec_me.data.sequence_batch import SequenceBatch
-from torchrec_me.data.sequences.reader import SequenceReader, all_windows
+from torchrec_me.data.sequences.reader import ReadOptions, SequenceReader, all_windows
 from torchrec_me.data.sequences.synthetic import SyntheticSequences
 from torchrec_me.data.store import DatasetError
 
@@ -97,10 +97,9 @@ def test_eval_covers_every_user_once(reader: SequenceReader, split: str, world_s
     for batch, _ in per_rank[-1]:
         for user, row, target, when in zip(batch.users.tolist(), _rows(batch), batch.targets.tolist(),
                                            batch.target_timestamps.tolist()):  # fmt: skip
-            pos = int(t.targets[split][user])
-            history = t.items[t.offsets[user] : t.offsets[user] + pos].tolist()
-            assert row == history[-S:] and target == t.items[t.offsets[user] + pos]
-            assert when == t.timestamps[t.offsets[user] + pos] >= max(t.timestamps[t.offsets[user] : t.offsets[user] + pos])
+            start, at = int(t.offsets[user]), int(t.offsets[user] + t.targets[split][user])
+            assert row == t.items[start:at].tolist()[-S:] and target == t.items[at]
+            assert when == t.timestamps[at] >= t.timestamps[start:at].max()  # no history after its target
 
 
 def test_seen_items_are_the_whole_history(reader: SequenceReader) -> None:
@@ -123,11 +122,11 @@ def test_item_counts_are_training_popularity(reader: SequenceReader) -> None:
 
 
 def test_last_window_and_bad_arguments(prepared: SequenceReader) -> None:
-    last = SequenceReader(prepared.table, prepared.num_items, True, train_windows="last")
+    last = SequenceReader(prepared.table, prepared.num_items, True, ReadOptions(train_windows="last"))
     users, starts, ends = last.windows(S)
     assert np.array_equal(ends, prepared.table.train_len[users]) and len(set(users.tolist())) == len(users)
     with pytest.raises(DatasetError, match="unknown train_windows"):
-        SequenceReader(prepared.table, prepared.num_items, True, train_windows="random")
+        ReadOptions(train_windows="random")
     with pytest.raises(DatasetError, match="max_seq_len"):
         next(prepared.train_batches(0, 1, 4, max_seq_len=0))
     with pytest.raises(DatasetError, match="cannot feed"):
@@ -137,3 +136,14 @@ def test_last_window_and_bad_arguments(prepared: SequenceReader) -> None:
     train_only = int(np.flatnonzero(prepared.table.targets["val"] < 0)[0])
     with pytest.raises(DatasetError, match="no val target"):
         prepared.seen_items("val", [train_only])
+
+
+def test_train_on_val_adds_the_validation_targets(prepared: SequenceReader) -> None:
+    t = prepared.table
+    reference = SequenceReader(t, prepared.num_items, True, ReadOptions(train_on_val=True))
+    has_val = t.targets["val"] >= 0
+    assert np.array_equal(reference.table.train_len, np.where(has_val, t.targets["val"] + 1, t.train_len))
+    val_items = t.items[t.offsets[:-1][has_val] + t.targets["val"][has_val]]
+    assert torch.equal(reference.item_counts - prepared.item_counts, torch.bincount(torch.from_numpy(val_items),
+                                                                                     minlength=prepared.num_items))
+    assert np.array_equal(reference.eval_users("test"), prepared.eval_users("test"))

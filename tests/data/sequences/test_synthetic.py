@@ -77,7 +77,8 @@ def test_popularity_is_far_below_the_oracle(synthetic: SyntheticSequences) -> No
 
 
 @pytest.mark.parametrize(
-    "field, value", [("num_items", 1), ("num_topics", 5000), ("min_length", 2), ("follow_prob", 1.5), ("mean_length", 1000.0)]
+    "field, value",
+    [("num_items", 1), ("num_topics", 5000), ("min_length", 2), ("follow_prob", 1.5), ("mean_length", 1000.0)],
 )
 def test_config_errors_name_the_parameter(field: str, value: float) -> None:
     with pytest.raises(DatasetError, match=field):

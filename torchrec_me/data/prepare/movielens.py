@@ -18,7 +18,7 @@ Features of each rating: ``user_id``, ``item_id``, ``age`` (the 1M age buckets 1
 ``occupation``, ``zip`` (the first ``zip_prefix`` characters) and ``genres``, a
 multi-hot bag of the movie's genres (0 to 6 ids per row, pooled by the model's
 EmbeddingBag). A user or movie missing from the side files gets empty tokens; a
-GroupLens directory without its side files is refused. Rating lines with a wrong field
+directory without its side files is refused. Rating lines with a wrong field
 count, a non-numeric rating or (RecBole, UTF-8) bytes that are not UTF-8 are skipped
 and reported; such side-file lines are ignored.
 
@@ -39,7 +39,8 @@ import pyarrow as pa
 from torchrec_me.data.prepare.common import (
     FeatureSpec, PrepareError, PrepareOptions, SkipLog, check_skipped, split_assignment,
 )  # fmt: skip
-from torchrec_me.data.prepare.output import output_path, print_summary, write_tables
+from torchrec_me.data.prepare.destination import output_path
+from torchrec_me.data.prepare.output import print_summary, write_tables
 from torchrec_me.data.prepare.vocab import Vocab
 from torchrec_me.data.store import PATH_MANAGER, SPLITS
 
@@ -181,23 +182,24 @@ def _recbole_file(
 def _read_recbole(d: str, skips: SkipLog, zip_prefix: int) -> Tables:
     inter = _only(d, ".inter")
     stem = inter[: -len(".inter")]
+    missing = [os.path.basename(stem + s) for s in (".user", ".item") if not os.path.isfile(stem + s)]
+    if missing:
+        raise PrepareError(f"{d} lacks {', '.join(missing)}: RecBole MovieLens has NAME.inter, NAME.user and NAME.item")
     need = ("user_id", "item_id", "rating", "timestamp")
     cols, rows = _recbole_file(inter, need, skips)
     ratings = _parse_ratings(rows, len(cols), [cols[c] for c in need], os.path.basename(inter), skips)
     users: Dict[str, UserTokens] = {}
-    if os.path.exists(stem + ".user"):
-        uc, rows = _recbole_file(stem + ".user", ("user_id",))
-        for _, f in rows:
-            if len(f) == len(uc):
-                get = [f[uc[c]] if c in uc else "" for c in ("age", "gender", "occupation", "zip_code")]
-                users[f[uc["user_id"]]] = _user_tokens(get, zip_prefix)
+    uc, rows = _recbole_file(stem + ".user", ("user_id",))
+    for _, f in rows:
+        if len(f) == len(uc):
+            get = [f[uc[c]] if c in uc else "" for c in ("age", "gender", "occupation", "zip_code")]
+            users[f[uc["user_id"]]] = _user_tokens(get, zip_prefix)
     items: Dict[str, List[str]] = {}
-    if os.path.exists(stem + ".item"):
-        ic, rows = _recbole_file(stem + ".item", ("item_id",))
-        genre_col = ic.get("class", ic.get("genre"))  # ml-100k has class:token_seq, ml-1m genre:token_seq
-        for _, f in rows:
-            if len(f) == len(ic):
-                items[f[ic["item_id"]]] = f[genre_col].split() if genre_col is not None else []
+    ic, rows = _recbole_file(stem + ".item", ("item_id",))
+    genre_col = ic.get("class", ic.get("genre"))  # ml-100k has class:token_seq, ml-1m genre:token_seq
+    for _, f in rows:
+        if len(f) == len(ic):
+            items[f[ic["item_id"]]] = f[genre_col].split() if genre_col is not None else []
     return ratings, users, items
 
 
@@ -213,7 +215,7 @@ READERS: Dict[str, Callable[[str, SkipLog, int], Tables]] = {
     "grouplens-1m": _read_grouplens_1m,
     "recbole": _read_recbole,
 }
-# The files a GroupLens directory must hold, its ratings first (RecBole's side files are optional).
+# The files a GroupLens directory must hold, its ratings first (RecBole's: NAME.inter, .user, .item).
 FILES: Dict[str, Tuple[str, ...]] = {
     "grouplens-100k": ("u.data", "u.user", "u.item"),
     "grouplens-1m": ("ratings.dat", "users.dat", "movies.dat"),

@@ -27,7 +27,8 @@ from torchrec_me.data.prepare.common import (
     DEFAULT_ROW_GROUP_SIZE, SPLIT_FRACTIONS, PrepareError, PrepareOptions, SkipLog, check_skipped,
     effective_row_group_size, split_assignment,
 )  # fmt: skip
-from torchrec_me.data.prepare.output import DatasetWriter, output_path, print_summary
+from torchrec_me.data.prepare.destination import output_path
+from torchrec_me.data.prepare.output import DatasetWriter, print_summary
 from torchrec_me.data.prepare.scan import Chunk, TextFormat, check_input, scan_text
 from torchrec_me.data.prepare.vocab import Vocab
 from torchrec_me.data.store import SPLITS

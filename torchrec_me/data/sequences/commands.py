@@ -110,7 +110,8 @@ def run_fetch_sequences(args: argparse.Namespace) -> int:
         print(f"fetching {args.name} from {url or remote.url}", file=sys.stderr)
         path = fetch_dataset(args.name, output, url=url, timeout=args.timeout, overwrite=args.overwrite)
         print(f"fetched {args.name} -> {path} (sha256 recorded in {path}/fetch.json)")
-        print(f"next: torchrec-me prepare sequences --format {remote.prepare_format} --input {path} --output {path}-seq")
+        fmt = remote.prepare_format
+        print(f"next: torchrec-me prepare sequences --format {fmt} --input {path} --output {path}-seq")
 
     return _run(fetch, "the partial download is kept; run the same command again to resume")
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from torchrec_me.data.sequences.layout import (
     ITEMS_FILE, TARGET_COLUMNS, USERS_FILE, load_sequence_metadata, vocabulary_fingerprint,
 )  # fmt: skip
-from torchrec_me.data.sequences.reader import SequenceReader, SequenceTable
+from torchrec_me.data.sequences.reader import ReadOptions, SequenceReader, SequenceTable
 from torchrec_me.data.store import PATH_MANAGER, DatasetError, join
 
 
@@ -54,9 +54,7 @@ class SequenceDataset(SequenceReader):
 
     Args:
         path (str): the dataset directory (local path or iopath URI).
-        seed (int): seed of the training shuffle.
-        train_windows (str): ``all`` (every training position, default) or ``last``
-            (each user's most recent window only); see :mod:`.reader`.
+        options (ReadOptions): shuffle seed, training windows and protocol (see :mod:`.reader`).
 
     Example::
 
@@ -71,7 +69,7 @@ class SequenceDataset(SequenceReader):
             disagree with each other or with the metadata.
     """
 
-    def __init__(self, path: str, seed: int = 0, train_windows: str = "all") -> None:
+    def __init__(self, path: str, options: ReadOptions = ReadOptions()) -> None:
         self.path = path
         self.metadata: Dict[str, Any] = load_sequence_metadata(path)
         num_items, num_users = int(self.metadata["num_items"]), int(self.metadata["num_users"])
@@ -86,4 +84,4 @@ class SequenceDataset(SequenceReader):
             )
         table.check(num_items, join(path, USERS_FILE))
         counts = np.asarray(items["train_count"], dtype=np.int64)
-        super().__init__(table, num_items, bool(self.metadata["has_timestamps"]), seed, train_windows, counts)
+        super().__init__(table, num_items, bool(self.metadata["has_timestamps"]), options, counts)

@@ -19,12 +19,14 @@ host and the bytes kept.
 mismatch removes the partial file); the sha256 computed is always recorded in
 ``fetch.json`` in the output, with the URL, size and whether it was verified. Archives
 are unpacked (their single top folder dropped); the output directory appears atomically,
-so it is complete or absent. Then ``torchrec-me prepare sequences --format FORMAT
+so it is complete or absent; ``overwrite`` replaces only a directory that ``fetch`` wrote
+(its ``fetch.json`` lists every other file in it). Then ``torchrec-me prepare sequences --format FORMAT
 --input OUTPUT`` converts it.
 """
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import time
@@ -38,7 +40,7 @@ from urllib.parse import urlparse
 
 from torchrec_me.atomic import write_json_atomic
 from torchrec_me.data.prepare.common import PrepareError
-from torchrec_me.data.prepare.output import AtomicOutput, output_path
+from torchrec_me.data.prepare.destination import AtomicOutput, output_path, short_list
 
 FETCH_RECORD = "fetch.json"
 CHUNK_BYTES = 1 << 20
@@ -122,7 +124,8 @@ def _receive(response: Any, url: str, part: Path, have: int) -> int:
             f.write(chunk)
             got += len(chunk)
     if expected is not None and got < int(expected):
-        raise FetchError(_failure(url, ConnectionError(f"connection closed after {got:,} of {int(expected):,} bytes"), part))
+        broken = ConnectionError(f"connection closed after {got:,} of {int(expected):,} bytes")
+        raise FetchError(_failure(url, broken, part))
     return have + got
 
 
@@ -183,7 +186,9 @@ def verify(part: Path, remote: RemoteFile, url: str) -> Dict[str, Any]:
         problems.append(f"sha256 {digest}, expected {remote.sha256}")
     if problems:
         part.unlink()
-        raise FetchError(f"{url} gave a file with {' and '.join(problems)}; it was removed, run again to download it afresh")
+        raise FetchError(
+            f"{url} gave a file with {' and '.join(problems)}; it was removed, run again to download it afresh"
+        )
     return {
         "url": url, "size": size, "sha256": digest, "expected_size": remote.size, "expected_sha256": remote.sha256,
         "verified": remote.sha256 is not None, "fetched_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -210,6 +215,20 @@ def unpack_zip(archive: Path, dest: Path) -> List[str]:
             return names
     except zipfile.BadZipFile as e:
         raise FetchError(f"{archive} is not a valid zip archive ({e}); delete it and run again") from None
+
+
+def fetched_reason(path: Path) -> Optional[str]:
+    """None if ``overwrite`` may replace ``path``: a directory whose ``fetch.json`` lists all its other files."""
+    if path.is_symlink() or not path.is_dir():
+        return "it is not a directory"
+    try:
+        files = {str(f).split("/", 1)[0] for f in json.loads((path / FETCH_RECORD).read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"it has no {FETCH_RECORD} written by `torchrec-me fetch`"
+    foreign = sorted(n for n in os.listdir(path) if n != FETCH_RECORD and n not in files)
+    if foreign:
+        return f"it holds {short_list(foreign)}, which `torchrec-me fetch` did not write"
+    return None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -247,12 +266,12 @@ def fetch_dataset(
     if name not in FETCH_REGISTRY:
         raise FetchError(f"unknown dataset {name!r} to fetch; choose one of {', '.join(FETCH_REGISTRY)}")
     remote = FETCH_REGISTRY[name]
-    final = output_path(output, overwrite)
+    final = output_path(output, overwrite, replaceable=fetched_reason)
     part = partial_path(final, remote)
     source = url or remote.url
     download(source, part, timeout, remote.size)
     record = {"name": name, **verify(part, remote, source)}
-    with AtomicOutput(str(final), overwrite) as out:
+    with AtomicOutput(str(final), overwrite, fetched_reason) as out:
         if remote.unpack:
             record["files"] = unpack_zip(part, out.tmp)
         else:

@@ -15,14 +15,12 @@ Formats (:data:`FORMATS`; ``--input`` is the file, or a directory holding it):
 * ``lines``: ``user item1 item2 ...`` per line in time order, whitespace-separated; no
   ratings, no timestamps. A user on several lines gets the items of all of them.
 
-Delimited files are parsed by ``pyarrow.csv`` as bytes, so large logs (SNAP Books,
-ML-20M) read at C speed. A line is skipped, and counted by reason in the
-:class:`~torchrec_me.data.prepare.common.SkipLog`, when it has the wrong number of
-fields, an empty user or item, or a rating or timestamp that is not a number. Raw ids
-are kept as strings (undecodable UTF-8 bytes are backslash-escaped).
+The delimited formats are read by :mod:`.delimited`, whose bad-line rules (not UTF-8,
+wrong field count, blank, empty id, non-numeric rating or timestamp) ``lines`` follows
+too, where they apply (a user without items is its wrong field count). Raw ids are
+kept as strings.
 """
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,13 +28,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from torchrec_me.data.prepare.common import PrepareError, SkipLog
+from torchrec_me.data.sequences.delimited import (
+    Delimited, header_fields, is_marker, read_bytes, read_columns, utf8_lines,
+)  # fmt: skip
 from torchrec_me.data.store import PATH_MANAGER
 
 USER, ITEM, RATING, TIME = "user", "item", "rating", "timestamp"
-NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 
 
 @dataclass
@@ -45,9 +44,9 @@ class Interactions:
 
     Args:
         users (np.ndarray): (n,) int64 index into ``user_tokens`` (first-appearance order).
-        user_tokens (List[str]): the distinct raw user ids.
+        user_tokens (pa.Array): the distinct raw user ids (strings).
         items (np.ndarray): (n,) int64 index into ``item_tokens`` (first-appearance order).
-        item_tokens (List[str]): the distinct raw item ids.
+        item_tokens (pa.Array): the distinct raw item ids (strings).
         ratings (np.ndarray): (n,) float32 ratings (1.0 where the format has none).
         timestamps (Optional[np.ndarray]): (n,) int64 seconds, None without timestamps.
         variant (str): which file layout was read (e.g. ``ratings.dat``).
@@ -55,9 +54,9 @@ class Interactions:
     """
 
     users: np.ndarray
-    user_tokens: List[str]
+    user_tokens: pa.Array
     items: np.ndarray
-    item_tokens: List[str]
+    item_tokens: pa.Array
     ratings: np.ndarray
     timestamps: Optional[np.ndarray]
     variant: str
@@ -67,32 +66,19 @@ class Interactions:
         return len(self.users)
 
 
-@dataclass(frozen=True)
-class Delimited:
-    """A delimited layout: its column names, one-byte delimiter, header lines and quoting."""
-
-    columns: Tuple[str, ...]
-    delimiter: str
-    header: Optional[str] = None
-    replace: Optional[bytes] = None  # a multi-byte delimiter, rewritten to ``delimiter`` first
-    quoted: bool = False
-
-
 RATING_COLUMNS = (USER, ITEM, RATING, TIME)
 MOVIELENS_FILES: Dict[str, Delimited] = {
     "u.data": Delimited(RATING_COLUMNS, "\t"),
     "ratings.dat": Delimited(RATING_COLUMNS, "\t", replace=b"::"),
     "ratings.csv": Delimited(RATING_COLUMNS, ",", header="userId,movieId,rating,timestamp"),
 }
+# How a MovieLens ratings file with another name is recognised, by its first line.
+_MOVIELENS_SNIFFERS: Tuple[Tuple[Callable[[str], bool], str], ...] = (
+    (lambda line: "::" in line, "ratings.dat"),
+    (lambda line: line.startswith("userId,"), "ratings.csv"),
+    (lambda line: "\t" in line, "u.data"),
+)
 AMAZON = Delimited(RATING_COLUMNS, ",", quoted=True)
-
-
-def _read_bytes(path: str) -> bytes:
-    try:
-        with PATH_MANAGER.open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise PrepareError(f"cannot read input {path}: {e.strerror or e}") from None
 
 
 def _single_file(path: str, suffixes: Sequence[str], what: str) -> str:
@@ -108,84 +94,25 @@ def _single_file(path: str, suffixes: Sequence[str], what: str) -> str:
     return os.path.join(local, found[0])
 
 
-def _decode(tokens: pa.Array) -> List[str]:
-    return [b.decode("utf-8", "backslashreplace") for b in tokens.to_pylist()]
-
-
-def _codes(column: pa.ChunkedArray) -> Tuple[np.ndarray, List[str]]:
-    """Dense first-appearance codes of a bytes column, and the distinct values as strings."""
+def _codes(column: pa.ChunkedArray) -> Tuple[np.ndarray, pa.Array]:
+    """Dense first-appearance codes of a (UTF-8) bytes column, and the distinct values as strings."""
     encoded = column.combine_chunks().dictionary_encode()
-    return np.asarray(encoded.indices, dtype=np.int64), _decode(encoded.dictionary)
-
-
-def _parse(data: bytes, layout: Delimited, source: str, skips: SkipLog) -> pa.Table:
-    """All fields as bytes; lines with the wrong field count are skipped and counted."""
-    if layout.replace:
-        data = data.replace(layout.replace, layout.delimiter.encode())
-
-    def invalid(row: "pacsv.InvalidRow") -> str:
-        skips.add(f"wrong field count (expected {row.expected_columns})", row.number, row.text)
-        return "skip"
-
-    try:
-        return pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=list(layout.columns), skip_rows=int(layout.header is not None), use_threads=False),
-            parse_options=pacsv.ParseOptions(
-                delimiter=layout.delimiter, quote_char='"' if layout.quoted else False, invalid_row_handler=invalid
-            ),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in layout.columns}),
-        )
-    except pa.ArrowInvalid as e:
-        raise PrepareError(f"cannot parse {source}: {str(e).splitlines()[0]}") from None
-
-
-def _drop_invalid(table: pa.Table, ok: pa.Array, reason: str, skips: SkipLog, delimiter: str) -> pa.Table:
-    """Keep the rows where ``ok``; count the others under ``reason`` with a few examples."""
-    bad = pc.invert(ok)
-    n_bad = pc.sum(bad).as_py() or 0
-    if not n_bad:
-        return table
-    examples = table.filter(bad).slice(0, 3).to_pylist()
-    for k in range(n_bad):
-        text = delimiter.join(v.decode("utf-8", "backslashreplace") for v in examples[k].values()) if k < 3 else None
-        skips.add(reason, None, text)
-    return table.filter(ok)
+    return np.asarray(encoded.indices, dtype=np.int64), pc.cast(encoded.dictionary, pa.string())
 
 
 def _number(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.cast(pc.cast(table.column(name), pa.string()), pa.float64()), dtype=np.float64)
 
 
-def _to_interactions(table: pa.Table, layout: Delimited, variant: str, source: str, skips: SkipLog) -> Interactions:
-    """Validate ids and numbers of a parsed table and encode its ids."""
-    sep = layout.delimiter
-    nonempty = pc.and_(pc.greater(pc.binary_length(table[USER]), 0), pc.greater(pc.binary_length(table[ITEM]), 0))
-    table = _drop_invalid(table, nonempty, "empty user or item id", skips, sep)
-    for name in (RATING, TIME):
-        if name in table.column_names:
-            table = _drop_invalid(table, pc.match_substring_regex(table[name], NUMBER), f"non-numeric {name}", skips, sep)
+def read_delimited(path: str, layout: Delimited, variant: str, skips: SkipLog) -> Interactions:
+    """Read a delimited file of ``layout`` (columns among user, item, rating, timestamp) into :class:`Interactions`."""
+    table = read_columns(path, layout, (USER, ITEM), (RATING, TIME), skips)
     users, user_tokens = _codes(table[USER])
     items, item_tokens = _codes(table[ITEM])
     n = table.num_rows
     ratings = _number(table, RATING).astype(np.float32) if RATING in table.column_names else np.ones(n, np.float32)
     stamps = np.floor(_number(table, TIME)).astype(np.int64) if TIME in table.column_names else None
-    return Interactions(users, user_tokens, items, item_tokens, ratings, stamps, variant, source)
-
-
-def _fields(header: str) -> List[str]:
-    """The column names of a header line, typed RecBole names cut at ``:``."""
-    return [h.split(":")[0].strip() for h in header.replace("\t", ",").split(",")]
-
-
-def read_delimited(path: str, layout: Delimited, variant: str, skips: SkipLog) -> Interactions:
-    """Read a delimited file of ``layout`` into :class:`Interactions`."""
-    data = _read_bytes(path)
-    if layout.header is not None:
-        first = data.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
-        if _fields(first) != _fields(layout.header):
-            raise PrepareError(f"{path}: expected the header {layout.header!r}, found {first[:80]!r}")
-    return _to_interactions(_parse(data, layout, path, skips), layout, variant, path, skips)
+    return Interactions(users, user_tokens, items, item_tokens, ratings, stamps, variant, path)
 
 
 def _first_line(path: str) -> str:
@@ -199,7 +126,7 @@ def _movielens_variant(path: str) -> str:
     if name in MOVIELENS_FILES:
         return name
     line = _first_line(path)
-    sniffed = "ratings.dat" if "::" in line else "ratings.csv" if line.startswith("userId,") else "u.data" if "\t" in line else None
+    sniffed = next((variant for looks_like, variant in _MOVIELENS_SNIFFERS if looks_like(line)), None)
     if sniffed is None:
         raise PrepareError(f"{path} is not a MovieLens ratings file (u.data, ratings.dat or ratings.csv)")
     return sniffed
@@ -221,7 +148,7 @@ def read_amazon(path: str, skips: SkipLog) -> Interactions:
 def read_recbole(path: str, skips: SkipLog) -> Interactions:
     """RecBole atomic ``.inter``: columns named by the typed header; see the module docstring."""
     local = _single_file(path, (".inter",), "RecBole *.inter file")
-    header = _fields(_first_line(local).rstrip("\r\n"))
+    header = header_fields(_first_line(local).rstrip("\r\n"))
     missing = [c for c in ("user_id", "item_id") if c not in header]
     if missing:
         raise PrepareError(f"{local}: a RecBole .inter header needs user_id and item_id; it has {', '.join(header)}")
@@ -239,24 +166,24 @@ def read_pairs(path: str, skips: SkipLog) -> Interactions:
 
 
 def read_lines(path: str, skips: SkipLog) -> Interactions:
-    """``user item1 item2 ...`` per line, time-ordered, no timestamps (parsed line by line)."""
+    """``user item1 item2 ...`` per line, time-ordered, no timestamps (split line by line)."""
     local = _single_file(path, (".txt",), "lines file")
     users: List[str] = []
     items: List[str] = []
-    with PATH_MANAGER.open(local, "r", encoding="utf-8", errors="backslashreplace") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if len(fields) == 1:
-                skips.add("user without items", number, line.rstrip("\n"))
-            elif fields:
-                users += [fields[0]] * (len(fields) - 1)
-                items += fields[1:]
+    lines = utf8_lines(read_bytes(local), skips).decode("utf-8").split("\n")
+    for number, line in enumerate(lines[:-1] if lines[-1] == "" else lines, start=1):
+        fields = line.split()
+        if len(fields) > 1:
+            users += [fields[0]] * (len(fields) - 1)
+            items += fields[1:]
+        elif not is_marker(line):
+            skips.add("user without items" if fields else "blank line", number, line)
     u = pa.array(users, pa.string()).dictionary_encode()
     i = pa.array(items, pa.string()).dictionary_encode()
     ones = np.ones(len(users), np.float32)
     return Interactions(
-        np.asarray(u.indices, np.int64), u.dictionary.to_pylist(), np.asarray(i.indices, np.int64),
-        i.dictionary.to_pylist(), ones, None, "lines", local,
+        np.asarray(u.indices, np.int64), u.dictionary, np.asarray(i.indices, np.int64), i.dictionary, ones, None,
+        "lines", local,
     )  # fmt: skip
 
 

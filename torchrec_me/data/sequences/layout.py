@@ -94,7 +94,8 @@ def load_sequence_metadata(path: str) -> Dict[str, Any]:
     if found != FORMAT_NAME:
         raise DatasetError(f"{meta_path} is {found or 'unknown'} metadata, not {FORMAT_NAME} (`prepare sequences`)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{meta_path} has format version {meta.get('format_version')!r}; this reader reads {FORMAT_VERSION}")
+        found_version = meta.get("format_version")
+        raise DatasetError(f"{meta_path} has format version {found_version!r}; this reader reads {FORMAT_VERSION}")
     missing = [k for k in _REQUIRED_KEYS if k not in meta]
     if missing:
         raise DatasetError(f"{meta_path} lacks {', '.join(missing)}")

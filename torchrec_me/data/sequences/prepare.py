@@ -10,7 +10,8 @@ The steps, in order:
    appearance); each user's interactions sorted by time, ties kept in input order;
 4. the split positions (:mod:`.splits`): ``leave_one_out`` or ``temporal``;
 5. the dataset directory (:mod:`.layout`), written atomically with
-   :class:`~torchrec_me.data.prepare.output.AtomicOutput`, ``metadata.json`` last.
+   :class:`~torchrec_me.data.prepare.destination.AtomicOutput`, ``metadata.json`` last;
+   ``overwrite`` replaces only a prepared dataset, never the input or raw files.
 
 The whole log is held in memory (ML-20M and SNAP Books fit in a few GB); ids and
 numbers live in numpy and Arrow arrays, not Python objects.
@@ -23,14 +24,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from torchrec_me.data.prepare.common import PrepareError, PrepareOptions, SkipLog, check_skipped
-from torchrec_me.data.prepare.output import AtomicOutput, output_path
+from torchrec_me.data.prepare.destination import AtomicOutput, output_path
 from torchrec_me.data.sequences.filters import FilterResult, filter_interactions
 from torchrec_me.data.sequences.formats import FORMATS, Interactions, read_interactions
 from torchrec_me.data.sequences.layout import (
@@ -46,16 +47,16 @@ class Sequences:
     """The kept interactions as time-ordered user sequences in CSR form (U users, N items).
 
     Args:
-        user_tokens (List[str]): raw id of each dense user id.
-        item_tokens (List[str]): raw id of each dense item id.
+        user_tokens (pa.Array): raw id (string) of each dense user id.
+        item_tokens (pa.Array): raw id (string) of each dense item id.
         offsets (np.ndarray): (U+1,) int64, user ``u`` owns ``[offsets[u], offsets[u+1])``.
         items (np.ndarray): (N,) int64 dense item ids.
         timestamps (np.ndarray): (N,) int64 (zeros without timestamps).
         ratings (np.ndarray): (N,) float32.
     """
 
-    user_tokens: List[str]
-    item_tokens: List[str]
+    user_tokens: pa.Array
+    item_tokens: pa.Array
     offsets: np.ndarray
     items: np.ndarray
     timestamps: np.ndarray
@@ -77,7 +78,7 @@ def build_sequences(data: Interactions, keep: np.ndarray) -> Sequences:
     offsets = np.zeros(len(kept_users) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.bincount(dense_users, minlength=len(kept_users)))
     return Sequences(
-        [data.user_tokens[c] for c in kept_users], [data.item_tokens[c] for c in order], offsets,
+        data.user_tokens.take(pa.array(kept_users)), data.item_tokens.take(pa.array(order)), offsets,
         item_id[codes][perm], stamps[perm], data.ratings[idx][perm],
     )  # fmt: skip
 
@@ -98,7 +99,7 @@ def _users_table(seqs: Sequences, pos: SplitPositions, lo: int, hi: int) -> pa.T
         return pa.ListArray.from_arrays(offsets, pa.array(values[a:b], typ))
 
     columns = [
-        pa.array(np.arange(lo, hi, dtype=np.int64)), pa.array(seqs.user_tokens[lo:hi], pa.string()),
+        pa.array(np.arange(lo, hi, dtype=np.int64)), seqs.user_tokens.slice(lo, hi - lo),
         lists(seqs.items, pa.int64()), lists(seqs.timestamps, pa.int64()), lists(seqs.ratings, pa.float32()),
         *(pa.array(a[lo:hi].astype(np.int32)) for a in (pos.train_len, pos.val_index, pos.test_index)),
     ]  # fmt: skip
@@ -116,7 +117,7 @@ def write_files(directory: Path, seqs: Sequences, pos: SplitPositions, users_per
     n_items = len(seqs.item_tokens)
     train = seqs.items[train_mask(seqs.offsets, pos.train_len)]
     items = [
-        pa.array(np.arange(n_items, dtype=np.int64)), pa.array(seqs.item_tokens, pa.string()),
+        pa.array(np.arange(n_items, dtype=np.int64)), seqs.item_tokens,
         pa.array(np.bincount(seqs.items, minlength=n_items)), pa.array(np.bincount(train, minlength=n_items)),
     ]  # fmt: skip
     pq.write_table(pa.Table.from_arrays(items, schema=ITEMS_SCHEMA), str(directory / ITEMS_FILE), compression="zstd")
@@ -131,14 +132,15 @@ def build_metadata(
     return {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dataset": "sequences",
         "input_format": params["format"], "input_variant": data.variant, "has_timestamps": data.timestamps is not None,
-        "num_users": len(seqs.user_tokens), "num_items": len(seqs.item_tokens), "num_interactions": int(seqs.offsets[-1]),
+        "num_users": len(seqs.user_tokens), "num_items": len(seqs.item_tokens),
+        "num_interactions": int(seqs.offsets[-1]),
         "sequence_length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())},
         "split": pos.info,
         "preprocessing": {**params, "kcore_rounds": filtered.rounds},
         "interactions": {"valid": len(data), **filtered.to_json(), "kept": int(seqs.offsets[-1])},
         "rows": {"input": len(data) + skips.total, "valid": len(data), "skipped": skips.total},
         "skipped": skips.to_json(),
-        "fingerprint": vocabulary_fingerprint(seqs.item_tokens),
+        "fingerprint": vocabulary_fingerprint(seqs.item_tokens.to_pylist()),
         "files": {"users": USERS_FILE, "items": ITEMS_FILE},
         "source": {"path": os.path.abspath(data.source)},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -163,9 +165,8 @@ def _read_filtered(
     check_skipped(input, f"{fmt} sequence", len(data), skips, options.max_bad_fraction)
     if data.timestamps is None and split in SPLITS_NEEDING_TIMESTAMPS:
         raise PrepareError(f"--split {split} needs timestamps, and the {fmt} input {input} has none; use leave_one_out")
-    filtered = filter_interactions(
-        data.users, data.items, data.ratings, params["rating_threshold"], params["min_user_count"], params["min_item_count"]
-    )
+    limits = (params["rating_threshold"], params["min_user_count"], params["min_item_count"])
+    filtered = filter_interactions(data.users, data.items, data.ratings, *limits)
     if not filtered.keep.any():
         raise PrepareError(
             f"no interactions of {input} are left after the rating threshold and the k-core filter "
@@ -210,7 +211,7 @@ def prepare_sequences(
     """
     options = options or PrepareOptions()
     _check_arguments(fmt, split, min_user_count, min_item_count)
-    output_path(output, options.overwrite)  # refuse an existing output before reading the input
+    output_path(output, options.overwrite, inputs=(input,))  # refuse a wrong output before reading the input
     started = time.perf_counter()
     skips = SkipLog()
     users_per_group = options.row_groups(DEFAULT_USERS_PER_ROW_GROUP)

@@ -14,7 +14,10 @@ position of a window needs at most ``S`` items of context:
   every training position but a user's first is predicted exactly once per epoch;
 * ``last``: only the most recent window, as the reference implementations truncate.
 
-Windows of fewer than 2 items predict nothing and are dropped.
+Windows of fewer than 2 items predict nothing and are dropped. With
+``ReadOptions.train_on_val`` the validation target and everything before it are training
+positions too: the *reference* protocol, under which the published HSTU and SASRec
+numbers were trained on every item but the test one (there is then no clean validation).
 
 **Training stream.** In epoch ``e`` the windows are permuted by a generator seeded by
 ``(seed, e)``, the same on every rank; rank ``r`` of ``W`` takes ``perm[r::W]``, so the
@@ -56,6 +59,28 @@ Windows = Tuple[np.ndarray, np.ndarray, np.ndarray]  # users, starts, ends, each
 Users = Union[torch.Tensor, np.ndarray, Sequence[int]]
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a sequence reader serves training rows.
+
+    Args:
+        seed (int): seed of the training shuffle.
+        train_windows (str): ``all`` (every training position, default) or ``last`` (the
+            most recent window of each user); see :data:`TRAIN_WINDOWS`.
+        train_on_val (bool): train on the validation targets as well (the reference
+            protocol); see the module docstring.
+    """
+
+    seed: int = 0
+    train_windows: str = "all"
+    train_on_val: bool = False
+
+    def __post_init__(self) -> None:
+        if self.train_windows not in TRAIN_WINDOWS:
+            choices = ", ".join(TRAIN_WINDOWS)
+            raise DatasetError(f"unknown train_windows {self.train_windows!r}; choose one of {choices}")
+
+
 @dataclass
 class SequenceTable:
     """Every user's time-ordered sequence in CSR form (U users, N interactions).
@@ -86,12 +111,18 @@ class SequenceTable:
         if any(len(a) != n for a in (self.items, self.timestamps, self.ratings)) or (lengths < 1).any():
             raise DatasetError(f"{where}: item, timestamp and rating lists disagree, or a user has no items")
         if n and (self.items.min() < 0 or self.items.max() >= num_items):
-            raise DatasetError(f"{where}: item ids outside [0, {num_items}) (min {self.items.min()}, max {self.items.max()})")
+            low, high = int(self.items.min()), int(self.items.max())
+            raise DatasetError(f"{where}: item ids outside [0, {num_items}) (min {low}, max {high})")
         if ((self.train_len < 0) | (self.train_len > lengths)).any():
             raise DatasetError(f"{where}: train_len outside [0, sequence length]")
         for split, pos in self.targets.items():
             if ((pos != -1) & ((pos < 1) | (pos >= lengths))).any():
                 raise DatasetError(f"{where}: {split} target positions outside [1, sequence length)")
+
+    def through_val(self) -> "SequenceTable":
+        """The same table with each validation target and all before it added to the training positions."""
+        train_len = np.maximum(self.train_len, self.targets["val"] + 1)
+        return SequenceTable(self.offsets, self.items, self.timestamps, self.ratings, train_len, self.targets)
 
     def train_counts(self, num_items: int) -> np.ndarray:
         """(num_items,) int64 occurrences of each item at training positions."""
@@ -119,12 +150,30 @@ def last_window(train_len: np.ndarray, max_seq_len: int) -> Windows:
 TRAIN_WINDOWS: Dict[str, Callable[[np.ndarray, int], Windows]] = {"all": all_windows, "last": last_window}
 
 
-def gather(offsets: np.ndarray, users: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def gather(
+    offsets: np.ndarray, users: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
     """Flat indices of ``[starts, ends)`` of each user's sequence, concatenated, and the (R,) lengths."""
     lengths = (ends - starts).astype(np.int64)
     first = offsets[users] + starts
     index = np.arange(int(lengths.sum())) + np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
     return index, lengths
+
+
+def deal_rows(n: int, rank: int, world_size: int, batch_size: int) -> List[Tuple[int, int, bool]]:
+    """``(first row, end row, is_real)`` of rank ``rank``'s eval batches over ``n`` rows.
+
+    The CTR Parquet reader's rule (see the module docstring): contiguous shares of
+    ``n // world_size`` rows in batches of ``batch_size``, then one batch of one row per
+    rank for the remainder, a rank without such a row repeating row 0 with ``is_real=False``.
+    """
+    q = n // world_size
+    lo = rank * q
+    ranges = [(lo + a, lo + min(a + batch_size, q), True) for a in range(0, q, batch_size)]
+    if n - world_size * q:
+        extra = world_size * q + rank
+        ranges.append((extra, extra + 1, True) if extra < n else (0, 1, False))
+    return ranges
 
 
 class SequenceReader:
@@ -134,25 +183,23 @@ class SequenceReader:
         table (SequenceTable): the users' sequences and split positions.
         num_items (int): item ids are in ``[0, num_items)``.
         has_timestamps (bool): whether the timestamps are real (else all zero).
-        seed (int): seed of the training shuffle.
-        train_windows (str): ``all`` or ``last`` (:data:`TRAIN_WINDOWS`).
-        item_counts (Optional[np.ndarray]): (num_items,) training popularity, when already known.
+        options (ReadOptions): shuffle seed, windowing and protocol.
+        item_counts (Optional[np.ndarray]): (num_items,) popularity over the table's own
+            training positions, when already known (ignored with ``train_on_val``).
     """
 
-    fingerprint: str
+    fingerprint: str  # set by the subclasses: what identifies the item ids
 
     def __init__(
-        self, table: SequenceTable, num_items: int, has_timestamps: bool, seed: int = 0, train_windows: str = "all",
+        self, table: SequenceTable, num_items: int, has_timestamps: bool, options: ReadOptions = ReadOptions(),
         item_counts: Optional[np.ndarray] = None,
     ) -> None:  # fmt: skip
-        if train_windows not in TRAIN_WINDOWS:
-            raise DatasetError(f"unknown train_windows {train_windows!r}; choose one of {', '.join(TRAIN_WINDOWS)}")
-        self.table = table
+        self.table = table.through_val() if options.train_on_val else table
         self.num_items = num_items
         self.has_timestamps = has_timestamps
-        self.seed = seed
-        self.train_windows = train_windows
-        counts = table.train_counts(num_items) if item_counts is None else item_counts
+        self.options = options
+        known = item_counts is not None and not options.train_on_val
+        counts = item_counts if known else self.table.train_counts(num_items)
         self.item_counts = torch.tensor(np.asarray(counts), dtype=torch.int64)  # (num_items,), a copy
         self._windows: Dict[int, Windows] = {}
         self._share: Dict[Tuple[int, int, int, int], np.ndarray] = {}
@@ -164,12 +211,14 @@ class SequenceReader:
 
     # ------------------------------------------------------------------ batches
 
-    def _batch(self, users: np.ndarray, starts: np.ndarray, ends: np.ndarray, targets: Optional[np.ndarray]) -> SequenceBatch:
+    def _batch(
+        self, users: np.ndarray, starts: np.ndarray, ends: np.ndarray, targets: Optional[np.ndarray]
+    ) -> SequenceBatch:
+        """Rows ``items[starts:ends]`` of ``users``; ``targets`` are positions (eval) or None (training)."""
         t = self.table
         index, lengths = gather(t.offsets, users, starts, ends)
-        kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=[ITEM_FEATURE], values=torch.from_numpy(t.items[index]), lengths=torch.from_numpy(lengths.astype(np.int32))
-        )
+        values, row_lengths = torch.from_numpy(t.items[index]), torch.from_numpy(lengths.astype(np.int32))
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=[ITEM_FEATURE], values=values, lengths=row_lengths)
         if targets is None:
             target_items, target_times = np.full(len(users), -1, np.int64), np.zeros(len(users), np.int64)
         else:
@@ -188,14 +237,14 @@ class SequenceReader:
         if max_seq_len < 1:
             raise DatasetError(f"max_seq_len must be >= 1, got {max_seq_len}")
         if max_seq_len not in self._windows:
-            self._windows[max_seq_len] = TRAIN_WINDOWS[self.train_windows](self.table.train_len, max_seq_len)
+            self._windows[max_seq_len] = TRAIN_WINDOWS[self.options.train_windows](self.table.train_len, max_seq_len)
         return self._windows[max_seq_len]
 
     def _epoch_share(self, epoch: int, rank: int, world_size: int, n: int) -> np.ndarray:
         key = (epoch, rank, world_size, n)
         if key not in self._share:
             self._share.clear()  # the stream only moves forward: keep one epoch
-            perm = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5E0, epoch])).permutation(n)
+            perm = np.random.default_rng(np.random.SeedSequence([self.options.seed, 0x5E0, epoch])).permutation(n)
             self._share[key] = perm[rank::world_size]
         return self._share[key]
 
@@ -246,13 +295,7 @@ class SequenceReader:
         n = len(self.eval_users(split))
         if n == 0:
             raise DatasetError(f"no user has a {split} target")
-        q = n // world_size
-        lo = rank * q
-        ranges = [(lo + a, lo + min(a + batch_size, q), True) for a in range(0, q, batch_size)]
-        if n - world_size * q:
-            extra = world_size * q + rank
-            ranges.append((extra, extra + 1, True) if extra < n else (0, 1, False))
-        return ranges
+        return deal_rows(n, rank, world_size, batch_size)
 
     def eval_batch(self, split: str, users: np.ndarray, max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> SequenceBatch:
         """The ``split`` rows of ``users`` (each must have a target there)."""

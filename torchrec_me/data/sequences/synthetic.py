@@ -40,7 +40,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from torchrec_me.data.sequences.reader import SequenceReader, SequenceTable
+from torchrec_me.data.sequences.reader import ReadOptions, SequenceReader, SequenceTable
 from torchrec_me.data.sequences.splits import leave_one_out
 from torchrec_me.data.store import DatasetError
 
@@ -102,9 +102,26 @@ def _rng(seed: int, part: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, 0x5E05, part]))
 
 
-def _inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Row-wise inverse CDF: for (n, m) ``cdf`` rows and (n,) uniforms, the (n,) first index with cdf > u."""
-    return np.minimum((cdf <= u[:, None]).sum(1), cdf.shape[1] - 1)
+class RowSampler:
+    """Inverse-CDF draws from many categorical laws at once, one binary search per draw.
+
+    Row ``r`` of ``cdf`` (R, m) is stored shifted by ``+r``, so one ``searchsorted`` over
+    the flat array finds the first column with ``cdf > u`` in any row.
+
+    Args:
+        cdf (np.ndarray): (R, m) non-decreasing rows ending at 1.0.
+        sizes (np.ndarray): (R,) columns in use per row (the rest is padding).
+    """
+
+    def __init__(self, cdf: np.ndarray, sizes: np.ndarray) -> None:
+        self.width = cdf.shape[1]
+        self.shifted = (cdf + np.arange(len(cdf))[:, None]).ravel()
+        self.last = sizes - 1
+
+    def __call__(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(n,) column drawn from each of ``rows``."""
+        flat = np.searchsorted(self.shifted, rows + rng.random(len(rows)), side="right")
+        return np.clip(flat - rows * self.width, 0, self.last[rows])
 
 
 class InterestMarkovProcess:
@@ -129,11 +146,12 @@ class InterestMarkovProcess:
         cdf = np.zeros((k, width))
         cdf[self.topic, rank] = self.pop
         cdf = np.cumsum(cdf, axis=1)
-        cdf[np.arange(width)[None, :] >= np.bincount(self.topic, minlength=k)[:, None] - 1] = 1.0
-        self.topic_cdf = cdf
-        self._shifted_cdf = (cdf + np.arange(k)[:, None]).ravel()  # row k in [k, k + 1]: one searchsorted for all
+        sizes = np.bincount(self.topic, minlength=k)
+        cdf[np.arange(width)[None, :] >= sizes[:, None] - 1] = 1.0
+        self._within_topic = RowSampler(cdf, sizes)
         n_cross = s // 4
-        own = self._within_topic(np.repeat(self.topic, s - n_cross), rng).reshape(n, s - n_cross)
+        own_topics = np.repeat(self.topic, s - n_cross)
+        own = self.topic_items[own_topics, self._within_topic(own_topics, rng)].reshape(n, s - n_cross)
         self.successors = np.concatenate([own, rng.integers(0, n, size=(n, n_cross))], axis=1)
         w = 1.0 / np.arange(1, s + 1)
         self.successor_weights = w / w.sum()
@@ -144,20 +162,16 @@ class InterestMarkovProcess:
         empty = theta.sum(1) == 0
         theta[empty, users.integers(0, k, size=int(empty.sum()))] = 1.0
         self.theta = theta / theta.sum(1, keepdims=True)
-        self.theta_cdf = np.cumsum(self.theta, axis=1)
-        self.theta_cdf[:, -1] = 1.0
+        theta_cdf = np.cumsum(self.theta, axis=1)
+        theta_cdf[:, -1] = 1.0
+        self._topic_of_user = RowSampler(theta_cdf, np.full(cfg.num_users, k))
         extra = users.geometric(1.0 / (cfg.mean_length - cfg.min_length + 1), size=cfg.num_users) - 1
         self.lengths = np.minimum(cfg.min_length + extra, cfg.max_length).astype(np.int64)
 
-    def _within_topic(self, topics: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """(n,) items drawn by popularity within ``topics``."""
-        width = self.topic_cdf.shape[1]
-        flat = np.searchsorted(self._shifted_cdf, topics + rng.random(len(topics)), side="right")
-        return self.topic_items[topics, np.clip(flat - topics * width, 0, width - 1)]
-
     def _jump(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        topics = _inverse_cdf(self.theta_cdf[users], rng.random(len(users)))
-        return self._within_topic(topics, rng)
+        """(n,) items: a topic from each user's interests, then an item by popularity within it."""
+        topics = self._topic_of_user(users, rng)
+        return self.topic_items[topics, self._within_topic(topics, rng)]
 
     def sample(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(offsets (U+1,), items (N,), timestamps (N,))`` of every user's sequence."""
@@ -169,11 +183,11 @@ class InterestMarkovProcess:
         last = np.empty(len(order), dtype=np.int64)
         for t in range(int(descending[0])):
             active = order[: int(np.searchsorted(-descending, -t, side="left"))]
-            nxt = self._jump(active, rng)
-            if t > 0:
-                follow = rng.random(len(active)) < self.cfg.follow_prob
-                slot = np.searchsorted(self.successor_cdf, rng.random(len(active)), side="right")
-                nxt = np.where(follow, self.successors[last[: len(active)], np.minimum(slot, len(self.successor_cdf) - 1)], nxt)
+            follow = rng.random(len(active)) < (self.cfg.follow_prob if t > 0 else 0.0)
+            nxt = np.empty(len(active), dtype=np.int64)
+            nxt[~follow] = self._jump(active[~follow], rng)
+            slot = np.searchsorted(self.successor_cdf, rng.random(int(follow.sum())), side="right")
+            nxt[follow] = self.successors[last[: len(active)][follow], np.minimum(slot, len(self.successor_cdf) - 1)]
             items[offsets[active] + t] = nxt
             last[: len(active)] = nxt
         gaps = rng.exponential(MEAN_GAP_SECONDS, size=len(items))
@@ -196,7 +210,8 @@ class SyntheticSequences(SequenceReader):
     Args:
         cfg (Optional[SyntheticSequenceConfig]): generator parameters (defaults: 4096
             users, 2048 items, mean length 50).
-        train_windows (str): ``all`` or ``last``; see :mod:`.reader`.
+        options (Optional[ReadOptions]): training windows and protocol (see :mod:`.reader`);
+            default: ``ReadOptions(seed=cfg.seed)``.
 
     Example::
 
@@ -205,7 +220,7 @@ class SyntheticSequences(SequenceReader):
         ds.oracle_metrics("test")["oracle_hr@10"]  # the best expected HR@10
     """
 
-    def __init__(self, cfg: Optional[SyntheticSequenceConfig] = None, train_windows: str = "all") -> None:
+    def __init__(self, cfg: Optional[SyntheticSequenceConfig] = None, options: Optional[ReadOptions] = None) -> None:
         self.cfg = cfg or SyntheticSequenceConfig()
         self.process = InterestMarkovProcess(self.cfg)
         offsets, items, timestamps = self.process.sample()
@@ -216,7 +231,7 @@ class SyntheticSequences(SequenceReader):
         )  # fmt: skip
         payload = json.dumps({"generator": GENERATOR_VERSION, **dataclasses.asdict(self.cfg)}, sort_keys=True)
         self.fingerprint: str = hashlib.sha256(payload.encode()).hexdigest()
-        super().__init__(table, self.cfg.num_items, True, self.cfg.seed, train_windows)
+        super().__init__(table, self.cfg.num_items, True, options or ReadOptions(seed=self.cfg.seed))
 
     def target_probs(self, split: str, users: np.ndarray) -> np.ndarray:
         """(B, N) law of each user's ``split`` target given what precedes it."""

@@ -57,6 +57,7 @@ class SequenceInput(nn.Module):
     def __init__(self, dim: int, config: EncoderConfig, positions: bool = True) -> None:
         super().__init__()
         self.scale = math.sqrt(dim)
+        self.max_seq_len = config.max_seq_len
         self.position: Optional[nn.Embedding] = None
         if positions:
             self.position = nn.Embedding(config.max_seq_len, dim)
@@ -72,6 +73,8 @@ class SequenceInput(nn.Module):
         Returns:
             torch.Tensor: (B, L, D), zero at the padding.
         """
+        if embeddings.shape[1] > self.max_seq_len:
+            raise ValueError(f"rows of {embeddings.shape[1]} items exceed model.max_seq_len={self.max_seq_len}")
         x = embeddings * self.scale
         if self.position is not None:
             x = x + self.position.weight[: x.shape[1]]
