@@ -345,7 +345,7 @@ def run_world(cases: Sequence[Case], options: ThroughputOptions) -> List[Through
     a shared machine slows all of them alike and the ratios between them hold.
     """
     ctx = init_distributed(options.device)
-    dataset = load_dataset(options.job_config({}).data)
+    dataset = load_dataset(options.job_config({}))
     batches = [b.to(ctx.device) for b in dataset.train_batches(ctx.rank, ctx.world_size, options.batch_size,
                                                                0, options.num_batches)]  # fmt: skip
     peaks = [matmul_peak_gflops(ctx.device, options.peak_reps)]

@@ -35,7 +35,7 @@ def analyze_checkpoint(path: Path, ctx: DistContext, chunk_rows: int) -> Dict[st
     counts = ckpt.read_extra(path).get("id_counts")
     tracker = None
     if counts is not None:
-        sizes = dict(zip(dataset.feature_names, dataset.num_embeddings))
+        sizes = job.family.id_tables(dataset)
         tracker = IdFrequencyTracker.from_global_counts(sizes, counts.to(ctx.device))
     report = collapse_report(dmp, tracker, chunk_rows=chunk_rows)
     report["model"] = {

@@ -214,6 +214,8 @@ class TrainConfig:
             validation item, the test item scored once with the best checkpoint) or
             ``reference`` (the test item evaluated at every validation, the best reported,
             as the published numbers were obtained).
+        keep_per_rank_batch (bool): on a resume at another world size, keep
+            ``batch_size`` per rank instead of the global batch (the sample order changes).
     """
 
     steps: int = 600
@@ -235,6 +237,7 @@ class TrainConfig:
     dense_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     exclude_history: bool = True
     eval_protocol: str = "honest"
+    keep_per_rank_batch: bool = False
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first key out of range (device and optimizer
@@ -453,6 +456,7 @@ def config_from_dict(mapping: Mapping[str, Any], origin: str = "saved config") -
 RESUMABLE_KEYS = frozenset({
     "train.steps", "train.eval_every", "train.eval_batch_size", "train.checkpoint_every",
     "train.keep_checkpoints", "train.log_every", "train.ia_every", "train.early_stop_patience",
+    "train.keep_per_rank_batch",
 })  # fmt: skip
 
 

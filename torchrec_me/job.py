@@ -308,31 +308,50 @@ def build_job(
     return Job(cfg, ctx, dataset, dmp, optimizer, plan)
 
 
+def dataset_signature(family: Family, dataset: Dataset) -> Dict[str, Any]:
+    """What identifies the tables a model was trained for: features with vocabulary sizes,
+    dense features, and the vocabularies' fingerprint (equal sizes with other ids differ)."""
+    return {
+        "tables": family.id_tables(dataset),
+        "num_dense": getattr(dataset, "num_dense", 0),
+        "fingerprint": getattr(dataset, "fingerprint", None),
+    }
+
+
 def job_from_checkpoint(path: Path, ctx: Optional[DistContext] = None, data_path: Optional[str] = None) -> Job:
     """Collective: the job saved in checkpoint ``path``, sharded at the current world size
     (DCP reshards), with its weights loaded. ``data_path`` scores another prepared
-    dataset instead of the one trained on; its tables must match the checkpoint's."""
-    cfg = job_config_from_dict(ckpt.read_meta(path)["config"], origin=f"{path}/{ckpt.META}")
-    dataset = load_dataset(cfg)
-    if data_path is not None:
-        trained = dataset
+    dataset instead of the one trained on; its tables and vocabularies must match the
+    checkpoint's (compared with the signature saved in the checkpoint)."""
+    meta = ckpt.read_meta(path)
+    cfg = job_config_from_dict(meta["config"], origin=f"{path}/{ckpt.META}")
+    if data_path is None:
+        dataset = load_dataset(cfg)
+    else:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name="parquet", path=data_path))
         try:
             dataset = load_dataset(cfg)
         except DatasetError as e:
             raise ConfigError(f"--data: {e}") from e
-        _check_same_tables(trained, dataset, data_path)
+        _check_same_tables(meta.get("dataset"), dataset_signature(family_of(cfg), dataset), data_path)
     job = build_job(cfg, ctx, dataset)
     ckpt.load_checkpoint(path, job.model)
     return job
 
 
-def _check_same_tables(trained: Dataset, scored: Dataset, data: str) -> None:
-    a = list(zip(trained.feature_names, trained.num_embeddings))
-    b = list(zip(scored.feature_names, scored.num_embeddings))
-    if a != b or trained.num_dense != scored.num_dense:
+def _check_same_tables(trained: Optional[Dict[str, Any]], scored: Dict[str, Any], data: str) -> None:
+    if trained is None:
+        raise ConfigError(f"the checkpoint records no dataset signature, so --data {data!r} cannot be checked against it")
+    if trained["tables"] != scored["tables"] or trained["num_dense"] != scored["num_dense"]:
+        a, b = list(trained["tables"].items()), list(scored["tables"].items())
         raise ConfigError(
             f"--data {data!r} does not match the checkpoint's dataset: its features/vocabulary sizes "
-            f"{b[:3]}... (and {scored.num_dense} dense) differ from the trained {a[:3]}... "
-            f"(and {trained.num_dense} dense); score data prepared with the same vocabularies"
+            f"{b[:3]}... (and {scored['num_dense']} dense) differ from the trained {a[:3]}... "
+            f"(and {trained['num_dense']} dense); score data prepared with the same vocabularies"
+        )
+    if trained["fingerprint"] is not None and trained["fingerprint"] != scored["fingerprint"]:
+        raise ConfigError(
+            f"--data {data!r} does not match the checkpoint's dataset: same vocabulary sizes but other "
+            "vocabularies (fingerprint differs), so its ids mean other values; score data prepared with "
+            "the training run's vocabularies"
         )

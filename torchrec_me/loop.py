@@ -8,9 +8,11 @@
 * :func:`run_segment`: ``TrainPipelineSparseDist`` over the steps up to the next pause.
 """
 
+import dataclasses
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
@@ -20,7 +22,8 @@ from torchrec_me.analysis.frequency import IdFrequencyTracker
 from torchrec_me.analysis.report import collapse_report, ia_log_record
 from torchrec_me.config import RESUMABLE_KEYS, Config, ConfigError, changed_keys
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.job import Job
+from torchrec_me.distributed.sharding import restart_attempt
+from torchrec_me.job import Job, dataset_signature
 from torchrec_me.run_dir import RunDir
 
 
@@ -67,6 +70,47 @@ def _due(every: int, step: int, last: int) -> bool:
     return bool(every) and (step % every == 0 or step == last)
 
 
+def resume_config(cfg: Config, run_dir: Path, world_size: int, say: Any) -> "tuple[Config, Optional[Path]]":
+    """The config a ``--resume`` continues with, and the checkpoint it continues from.
+
+    The newest intact checkpoint's model and data config must equal ``cfg`` (only
+    :data:`RESUMABLE_KEYS` may change). At another world size the global batch is kept,
+    so the reader's global sample stream continues where it stopped: the per-rank batch
+    becomes the saved global batch over the new world size (refused when it does not
+    divide), unless ``train.keep_per_rank_batch`` keeps the per-rank batch (the global
+    batch, and with it the sample order, then changes).
+    """
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        if ckpt.list_checkpoints(run_dir):
+            raise ckpt.CorruptCheckpointError(f"--resume: no checkpoint in {run_dir} is intact (see the warnings)")
+        say(f"attempt {restart_attempt()}: --resume: no complete checkpoint in {run_dir}, starting from step 0")
+        return cfg, None
+    meta = ckpt.read_meta(latest)
+    saved, saved_ws = meta["config"], int(meta.get("world_size", world_size))
+    if saved_ws != world_size and not cfg.train.keep_per_rank_batch:
+        global_batch = saved["train"]["batch_size"] * saved_ws
+        if global_batch % world_size:
+            raise ConfigError(
+                f"--resume: checkpoint {latest} was trained at world size {saved_ws} with a global batch of "
+                f"{global_batch}, which {world_size} ranks cannot split evenly; resume on a divisor of it, or set "
+                "train.keep_per_rank_batch=true (the global batch and the sample order then change)"
+            )
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=global_batch // world_size))
+        say(f"world size {saved_ws} -> {world_size}: per-rank batch {cfg.train.batch_size}, global batch {global_batch} kept")
+    elif saved_ws != world_size:
+        say(f"world size {saved_ws} -> {world_size}: train.keep_per_rank_batch keeps the per-rank batch "
+            f"{cfg.train.batch_size}; the global batch and the sample order change")  # fmt: skip
+    ignore = {"train.batch_size"} if saved_ws != world_size else set()
+    changed = [k for k in changed_keys(saved, cfg) if k not in ignore]
+    if changed:
+        raise ConfigError(
+            f"--resume: the config differs from checkpoint {latest} in {', '.join(changed)}; only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change on resume"
+        )
+    return cfg, latest
+
+
 class Checkpointer:
     """Writes and reads the run's checkpoints (nothing without a run dir).
 
@@ -83,7 +127,8 @@ class Checkpointer:
     def save(self, best: bool = False) -> None:
         if self.run.path is None:
             return
-        meta = {**self.state.meta(), "config": self.job.cfg.to_dict()}
+        meta = {**self.state.meta(), "config": self.job.cfg.to_dict(),
+                "dataset": dataset_signature(self.job.family, self.job.dataset)}  # fmt: skip
         extra = {"id_counts": self.tracker.synced().flat_counts().cpu()}
         path = ckpt.save_checkpoint(
             ckpt.step_path(self.run.path, self.state.step, best=best), self.job.model, self.job.optimizer, meta, extra
@@ -96,27 +141,16 @@ class Checkpointer:
         if every and self.state.step % every == 0 and self.state.step < steps:
             self.save()
 
-    def resume(self, say: Any) -> Optional[str]:
-        """Load the newest complete checkpoint, if any; returns its path."""
-        assert self.run.path is not None
-        latest = ckpt.latest_checkpoint(self.run.path)
+    def resume(self, latest: Optional[Path], say: Any) -> Optional[str]:
+        """Load checkpoint ``latest`` (from :func:`resume_config`), if any; returns its path."""
         if latest is None:
-            if ckpt.list_checkpoints(self.run.path):
-                raise ckpt.CorruptCheckpointError(f"--resume: no checkpoint in {self.run.path} is intact (see the warnings)")
-            say(f"--resume: no complete checkpoint in {self.run.path}, starting from step 0")
             return None
-        changed = changed_keys(ckpt.read_meta(latest)["config"], self.job.cfg)
-        if changed:
-            raise ConfigError(
-                f"--resume: the config differs from checkpoint {latest} in {', '.join(changed)}; only "
-                f"{', '.join(sorted(RESUMABLE_KEYS))} may change on resume"
-            )
         self.state.restore(ckpt.load_checkpoint(latest, self.job.model, self.job.optimizer))
         counts = ckpt.read_extra(latest).get("id_counts")
         if counts is not None and self.job.ctx.rank == 0:  # global counts live on rank 0 only
             self.tracker.add_counts(counts)
         self.state.last_checkpoint = str(latest)
-        say(f"resumed from {latest} at step {self.state.step}")
+        say(f"attempt {restart_attempt()}: resumed from {latest} at step {self.state.step}")
         return str(latest)
 
     def load_best(self) -> bool:

@@ -37,10 +37,11 @@ SPLITS = ("train", "val", "test")
 
 
 def predict(
-    checkpoint: str, data: str, out: str, split: str = "test", batch_size: Optional[int] = None,
+    checkpoint: str, data: Optional[str], out: str, split: str = "test", batch_size: Optional[int] = None,
     ctx: Optional[DistContext] = None,
 ) -> Dict[str, Any]:  # fmt: skip
-    """Collective: score ``split`` of the prepared dataset ``data``; rank 0 writes ``out``.
+    """Collective: score ``split`` of the prepared dataset ``data`` (None: the dataset the
+    checkpoint was trained on); rank 0 writes ``out``.
 
     Returns ``{"auc", "rows", "checkpoint", "split"}`` on every rank.
     """
@@ -51,6 +52,8 @@ def predict(
     check_output_file(out, "--out")
     path, _ = ckpt.resolve_checkpoint(checkpoint)
     job = job_from_checkpoint(path, ctx, data_path=data)
+    if job.family.sequential:
+        raise ConfigError(f"{path} is a sequential ({job.cfg.model.backbone}) checkpoint; predict scores CTR models")
     scores = score_split(job.model, job.dataset, job.ctx, batch_size or job.cfg.train.eval_batch_size, split)
     if job.ctx.rank == 0:
         _write_scores(out, scores.rows, scores.labels, scores.logits)
@@ -72,7 +75,9 @@ def _write_scores(out: str, rows: torch.Tensor, labels: torch.Tensor, logits: to
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its newest checkpoint)")
-    parser.add_argument("--data", required=True, help="a dataset written by `torchrec-me prepare` (dir or URI)")
+    parser.add_argument("--data", default=None,
+                        help="a dataset written by `torchrec-me prepare` (dir or URI); default: the dataset the "
+                             "run was trained on, synthetic included, from its saved config")  # fmt: skip
     parser.add_argument("--out", required=True, help="Parquet file to write (row, label, logit, score)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score (default test)")
     parser.add_argument("--batch-size", type=int, default=None, help="per-rank batch (default: the run's eval batch)")

@@ -12,7 +12,8 @@ from torchrec_me.analysis.frequency import IdFrequencyTracker
 from torchrec_me.command import parse_with_overrides, run_command
 from torchrec_me.config import ConfigError, dump_config
 from torchrec_me.job import Job, build_job, load_job_config
-from torchrec_me.loop import Checkpointer, LiveIA, LoopState, Progress, Validator, boundaries, run_segment
+from torchrec_me.distributed.sharding import init_distributed
+from torchrec_me.loop import Checkpointer, LiveIA, LoopState, Progress, Validator, boundaries, resume_config, run_segment
 from torchrec_me.retrieval import popularity_baseline
 from torchrec_me.run_dir import RunDir, check_output_file
 
@@ -34,13 +35,18 @@ def train(
     if run_dir is None and (resume or cfg.train.checkpoint_every):
         raise ConfigError("--resume and train.checkpoint_every need --run-dir")
     check_output_file(metrics_out, "--metrics-out")
-    job = build_job(cfg)
-    run = RunDir(run_dir, is_writer=job.ctx.rank == 0)
+    run = RunDir(run_dir, is_writer=False)
+    ctx = init_distributed(cfg.train.device)
+    say = print if ctx.rank == 0 else (lambda text: None)
+    latest = None
+    if resume:
+        cfg, latest = resume_config(cfg, run.path, ctx.world_size, say)  # type: ignore[arg-type]
+    job = build_job(cfg, ctx)
+    run.is_writer = ctx.rank == 0
     state = LoopState()
     tracker = IdFrequencyTracker(job.family.id_tables(job.dataset), device=job.ctx.device)
     checkpoints = Checkpointer(job, run, state, tracker)
-    say = print if job.ctx.rank == 0 else (lambda text: None)
-    resumed_from = checkpoints.resume(say) if resume else None
+    resumed_from = checkpoints.resume(latest, say)
     say(f"sharding plan (world size {job.ctx.world_size}, {job.ctx.device.type}):\n{job.plan}")
     bar = Progress(job, run, state, enabled=progress)
     run.write_config(dump_config(cfg))

@@ -1,13 +1,14 @@
 """Bad inputs of ``prepare`` / ``fetch`` and bad prepared datasets: one clear error, nothing lost.
 
-Two tables. :data:`CLI_CASES` runs ``torchrec-me prepare`` / ``fetch`` in-process on tiny
-generated files: each row is (setup, argv, exit code, fragment of the expected message).
-Every row checks the exit code and the fragment, that nothing printed a traceback or
-``Exception ignored``, that messages are ASCII (no raw bytes of a binary input), that
-every file that existed before is still there (byte for byte when the command failed,
-and then nothing new either). :data:`READER_CASES` damages a prepared dataset and
-expects one ``DatasetError`` naming what is wrong, when the reader is built or, for a
-corrupt data page, when the row group is read.
+Two tables. :data:`CLI_CASES` runs ``torchrec-me prepare`` / ``fetch`` (and ``train`` on a
+damaged prepared dataset) in-process on tiny generated files: each row is (setup, argv,
+exit code, fragment of the expected message). Every row checks the exit code and the
+fragment, that nothing printed a traceback or ``Exception ignored``, that messages are
+ASCII (no raw bytes of a binary input), and that every file that existed before is
+still there (byte for byte when the command failed, and then nothing new either).
+:data:`READER_CASES` damages a prepared dataset and expects one ``DatasetError`` naming
+what is wrong from the reader alone: when it is built, or, for a corrupt data page, when
+the row group is read.
 """
 
 import fcntl
@@ -19,13 +20,13 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.data.rawfiles import avazu_rows, criteo_rows, write_avazu, write_criteo, write_lines
+from tests.data.rawfiles import criteo_rows, write_criteo, write_lines
 from torchrec_me.cli import main as cli_main
 from torchrec_me.config import DataConfig
 from torchrec_me.data.parquet import ParquetDataset
@@ -129,131 +130,7 @@ def _read_only(tmp: Path) -> None:
     (tmp / "ro").chmod(0o555)
 
 
-@dataclass(frozen=True)
-class Case:
-    """One command line on a prepared tmp dir; ``{tmp}`` in ``argv`` is that dir."""
-
-    setup: Callable[[Path], None]
-    argv: Tuple[str, ...]
-    code: int
-    fragment: str
-    removed: Tuple[str, ...] = ()  # pre-existing paths the command is meant to remove
-
-
-def _prepare(dataset: str, inp: str, out: str, *flags: str) -> Tuple[str, ...]:
-    return ("prepare", dataset, "--input", f"{{tmp}}/{inp}", "--output", f"{{tmp}}/{out}", "--no-progress", *flags)
-
-
-CLI_CASES = {
-    # --overwrite replaces only a prepared dataset (issue 12, item 1)
-    "overwrite-dir-holding-input": Case(_criteo, _prepare("criteo", "c.txt", "", "--overwrite"), 1, "contains the input"),
-    "overwrite-the-input": Case(_criteo, _prepare("criteo", "c.txt", "c.txt", "--overwrite"), 1, "c.txt is the input"),
-    "overwrite-a-file": Case(_criteo, _prepare("criteo", "c.txt", "notes.md", "--overwrite"), 1, "notes.md already exists and --overwrite may not replace it: it is a file"),
-    "existing-file": Case(_criteo, _prepare("criteo", "c.txt", "notes.md"), 1, "notes.md already exists and is not replaceable"),
-    "overwrite-raw-dir": Case(_raw_dir, _prepare("criteo", "c.txt", "raw", "--overwrite"), 1, "raw already exists and --overwrite may not replace it: it is not a dataset written by"),
-    "overwrite-dataset-with-notes": Case(_prepared(True), _prepare("criteo", "c.txt", "ds", "--overwrite"), 1, "it holds notes.md, which `torchrec-me prepare` did not write"),
-    "overwrite-dataset": Case(_prepared(False), _prepare("criteo", "c.txt", "ds", "--overwrite", "--seed", "3"), 0, "prepared criteo ->"),
-    "existing-dataset": Case(_prepared(False), _prepare("criteo", "c.txt", "ds"), 1, "ds already exists; pass --overwrite to replace it"),
-    "overwrite-movielens-input": Case(_recbole_full(b""), _prepare("movielens", "ml", "ml", "--overwrite"), 1, "ml is the input"),
-    "fetch-overwrite-raw-dir": Case(_raw_dir, ("fetch", "movielens-100k", "--output", "{tmp}/raw", "--overwrite"), 1, "it holds a.txt, which `torchrec-me fetch` would not rewrite"),
-    "fetch-overwrite-a-file": Case(_criteo, ("fetch", "movielens-100k", "--output", "{tmp}/notes.md", "--overwrite"), 1, "notes.md already exists and --overwrite may not replace it"),
-    # an interrupted run's leftovers (item 8)
-    "leftovers-removed": Case(_leftovers, _prepare("criteo", "c.txt", "o"), 0, "removed an incomplete output of {tmp}/o left by an interrupted run: .o.incomplete-abc123",
-                              removed=(".o.incomplete-abc123", ".o.incomplete-abc123/train.parquet")),
-    # outputs and options checked before any work
-    "negative-seed": Case(_criteo, _prepare("criteo", "c.txt", "o", "--seed", "-1"), 1, "--seed must be >= 0, got -1"),
-    "zero-row-group-size": Case(_criteo, _prepare("criteo", "c.txt", "o", "--row-group-size", "0"), 1, "--row-group-size must be >= 1"),
-    "output-under-a-file": Case(_criteo, _prepare("criteo", "c.txt", "notes.md/o"), 1, "cannot create output {tmp}/notes.md/o: {tmp}/notes.md is not a directory"),
-    "fetch-output-under-a-file": Case(_criteo, ("fetch", "movielens-100k", "--output", "{tmp}/notes.md/ml"), 1, "{tmp}/notes.md is not a directory"),
-    "read-only-output": pytest.param(Case(_read_only, _prepare("criteo", "c.txt", "ro/o"), 1, "cannot create output {tmp}/ro/o: {tmp}/ro is not writable"), marks=ROOT_SKIP),
-    # inputs that gave a traceback
-    "truncated-gz": Case(_truncated_gz, _prepare("criteo", "c.txt.gz", "o"), 1, "cannot read {tmp}/c.txt.gz: Truncated compressed stream"),
-    "grouplens-without-side-files": Case(_grouplens_without_side_files, _prepare("movielens", "ml", "o"), 1, "lacks u.user, u.item"),
-    "recbole-without-item-file": Case(_recbole, _prepare("movielens", "ml", "o"), 1, "lacks ml.item"),
-    "binary-garbage": Case(_binary, _prepare("criteo", "bin.txt", "o"), 1, "does not look like Criteo data: its first line has no tab character ('"),
-    "binary-garbage-with-tabs": Case(_binary_with_tabs, _prepare("criteo", "bin.txt", "o"), 1, "does not look like criteo data: 200 of the first 200 lines are malformed; 200 lines skipped: 200 not UTF-8 (e.g. line 1: '"),
-    "binary-garbage-avazu": Case(_binary, _prepare("avazu", "bin.txt", "o"), 1, "is not avazu data: its first line is '"),
-    # a line that is not UTF-8 is one malformed line (item 7)
-    "one-non-utf8-line": Case(_non_utf8_lines(1), _prepare("criteo", "c.txt", "o"), 0, "1 not UTF-8; e.g. line 6: '"),
-    "many-non-utf8-lines": Case(_non_utf8_lines(3), _prepare("criteo", "c.txt", "o"), 1, "3 of 200 lines (1.5%) are malformed"),
-    "one-non-utf8-recbole-line": Case(_recbole_full(b"\xff\t1\t5\t881000000\n"), _prepare("movielens", "ml", "o"), 0, "1 not utf-8 in ml.inter; e.g. line 843: '\\xff"),
-    # prepare warns of an empty split (item 6)
-    "empty-val-split": Case(lambda tmp: _criteo(tmp, 9), _prepare("criteo", "c.txt", "o", "--min-count", "1"), 0, "warning: the val split is empty (9 rows kept in all)"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", CLI_CASES.values(), ids=CLI_CASES.keys())
-def test_cli_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    case.setup(tmp_path)
-    capsys.readouterr()
-    before = _tree(tmp_path)
-    try:
-        code = cli_main([a.replace("{tmp}", str(tmp_path)) for a in case.argv])
-    finally:
-        for d in [tmp_path, *tmp_path.rglob("*")]:
-            if d.is_dir() and not d.is_symlink():
-                d.chmod(0o755)
-    out, err = capsys.readouterr()
-    for stream in (out, err):
-        assert "Traceback" not in stream and "Exception ignored" not in stream, stream[-3000:]
-    assert err.isascii(), err
-    assert code == case.code, err
-    assert case.fragment.replace("{tmp}", str(tmp_path)) in out + err, (out, err)
-    after = _tree(tmp_path)
-    lost = sorted(set(before) - set(after) - set(case.removed))
-    assert not lost, f"files lost: {lost}"
-    assert all(p not in after for p in case.removed)
-    if code != 0:
-        assert len(err.strip().splitlines()) == 1 and err.startswith("torchrec-me: error: "), err
-        assert after == before, "a failed command changed the directory"
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        pytest.param(_prepare("criteo", "c.txt", "o", "--seed", "-1"), id="negative-seed"),
-        pytest.param(_prepare("criteo", "c.txt", "notes.md/o"), id="output-under-a-file"),
-        pytest.param(_prepare("criteo", "c.txt", "", "--overwrite"), id="output-holds-input"),
-        pytest.param(_prepare("criteo", "c.txt", "ro/o"), id="read-only-output", marks=ROOT_SKIP),
-    ],
-)  # fmt: skip
-def test_outputs_are_checked_before_the_input_is_read(
-    argv: Tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _read_only(tmp_path)
-
-    def no_pass(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the input was read before the output was checked")
-
-    monkeypatch.setattr(text, "scan_text", no_pass)
-    try:
-        assert cli_main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
-    finally:
-        (tmp_path / "ro").chmod(0o755)
-    assert capsys.readouterr().err.startswith("torchrec-me: error: ")
-
-
-def test_a_live_incomplete_directory_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _criteo(tmp_path)
-    live = tmp_path / ".o.incomplete-live"
-    live.mkdir()
-    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # as a concurrent prepare holds its own
-    try:
-        assert cli_main([a.replace("{tmp}", str(tmp_path)) for a in _prepare("criteo", "c.txt", "o")]) == 0
-    finally:
-        os.close(fd)
-    assert live.is_dir() and "removed" not in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- prepared datasets
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("prepared")
-    _prepared(False)(tmp)
-    return tmp / "ds"
+# ---------------------------------------------------------------- damaged prepared datasets
 
 
 def _truncate(ds: Path) -> None:
@@ -321,6 +198,149 @@ READER_CASES: Dict[str, Tuple[Callable[[Path], None], str]] = {
     "swapped-vocab": (_swap_vocab, "vocab.parquet of {ds} does not match the vocab_fingerprint"),
     "empty-val-split": (_empty_val, "the val split of {ds} is empty"),
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    """One command line on a prepared tmp dir; ``{tmp}`` in ``argv`` is that dir."""
+
+    setup: Callable[[Path], None]
+    argv: Tuple[str, ...]
+    code: int
+    fragment: str
+    removed: Tuple[str, ...] = ()  # pre-existing paths the command is meant to remove
+
+
+def _prepare(dataset: str, inp: str, out: str, *flags: str) -> Tuple[str, ...]:
+    return ("prepare", dataset, "--input", f"{{tmp}}/{inp}", "--output", f"{{tmp}}/{out}", "--no-progress", *flags)
+
+
+CLI_CASES = {
+    # --overwrite replaces only a prepared dataset (issue 12, item 1)
+    "overwrite-dir-holding-input": Case(_criteo, _prepare("criteo", "c.txt", "", "--overwrite"), 1, "contains the input"),
+    "overwrite-the-input": Case(_criteo, _prepare("criteo", "c.txt", "c.txt", "--overwrite"), 1, "c.txt is the input"),
+    "overwrite-a-file": Case(_criteo, _prepare("criteo", "c.txt", "notes.md", "--overwrite"), 1, "notes.md already exists and --overwrite may not replace it: it is a file"),
+    "existing-file": Case(_criteo, _prepare("criteo", "c.txt", "notes.md"), 1, "notes.md already exists and is not replaceable"),
+    "overwrite-raw-dir": Case(_raw_dir, _prepare("criteo", "c.txt", "raw", "--overwrite"), 1, "raw already exists and --overwrite may not replace it: it is not a dataset written by"),
+    "overwrite-dataset-with-notes": Case(_prepared(True), _prepare("criteo", "c.txt", "ds", "--overwrite"), 1, "it holds notes.md, which `torchrec-me prepare` did not write"),
+    "overwrite-dataset": Case(_prepared(False), _prepare("criteo", "c.txt", "ds", "--overwrite", "--seed", "3"), 0, "prepared criteo ->"),
+    "existing-dataset": Case(_prepared(False), _prepare("criteo", "c.txt", "ds"), 1, "ds already exists; pass --overwrite to replace it"),
+    "overwrite-movielens-input": Case(_recbole_full(b""), _prepare("movielens", "ml", "ml", "--overwrite"), 1, "ml is the input"),
+    "fetch-overwrite-raw-dir": Case(_raw_dir, ("fetch", "movielens-100k", "--output", "{tmp}/raw", "--overwrite"), 1, "it holds a.txt, which `torchrec-me fetch` would not rewrite"),
+    "fetch-overwrite-a-file": Case(_criteo, ("fetch", "movielens-100k", "--output", "{tmp}/notes.md", "--overwrite"), 1, "notes.md already exists and --overwrite may not replace it"),
+    # an interrupted run's leftovers (item 8)
+    "leftovers-removed": Case(_leftovers, _prepare("criteo", "c.txt", "o"), 0, "removed an incomplete output of {tmp}/o left by an interrupted run: .o.incomplete-abc123",
+                              removed=(".o.incomplete-abc123", ".o.incomplete-abc123/train.parquet")),
+    # outputs and options checked before any work
+    "negative-seed": Case(_criteo, _prepare("criteo", "c.txt", "o", "--seed", "-1"), 1, "--seed must be >= 0, got -1"),
+    "zero-row-group-size": Case(_criteo, _prepare("criteo", "c.txt", "o", "--row-group-size", "0"), 1, "--row-group-size must be >= 1"),
+    "output-under-a-file": Case(_criteo, _prepare("criteo", "c.txt", "notes.md/o"), 1, "cannot create output {tmp}/notes.md/o: {tmp}/notes.md is not a directory"),
+    "fetch-output-under-a-file": Case(_criteo, ("fetch", "movielens-100k", "--output", "{tmp}/notes.md/ml"), 1, "{tmp}/notes.md is not a directory"),
+    "read-only-output": pytest.param(Case(_read_only, _prepare("criteo", "c.txt", "ro/o"), 1, "cannot create output {tmp}/ro/o: {tmp}/ro is not writable"), marks=ROOT_SKIP),
+    # inputs that gave a traceback
+    "truncated-gz": Case(_truncated_gz, _prepare("criteo", "c.txt.gz", "o"), 1, "cannot read {tmp}/c.txt.gz: Truncated compressed stream"),
+    "grouplens-without-side-files": Case(_grouplens_without_side_files, _prepare("movielens", "ml", "o"), 1, "lacks u.user, u.item"),
+    "recbole-without-item-file": Case(_recbole, _prepare("movielens", "ml", "o"), 1, "lacks ml.item"),
+    "binary-garbage": Case(_binary, _prepare("criteo", "bin.txt", "o"), 1, "does not look like Criteo data: its first line has no tab character ('"),
+    "binary-garbage-with-tabs": Case(_binary_with_tabs, _prepare("criteo", "bin.txt", "o"), 1, "does not look like criteo data: 200 of the first 200 lines are malformed; 200 lines skipped: 200 not UTF-8 (e.g. line 1: '"),
+    "binary-garbage-avazu": Case(_binary, _prepare("avazu", "bin.txt", "o"), 1, "is not avazu data: its first line is '"),
+    # a line that is not UTF-8 is one malformed line (item 7)
+    "one-non-utf8-line": Case(_non_utf8_lines(1), _prepare("criteo", "c.txt", "o"), 0, "1 not UTF-8; e.g. line 6: '"),
+    "many-non-utf8-lines": Case(_non_utf8_lines(3), _prepare("criteo", "c.txt", "o"), 1, "3 of 200 lines (1.5%) are malformed"),
+    "one-non-utf8-recbole-line": Case(_recbole_full(b"\xff\t1\t5\t881000000\n"), _prepare("movielens", "ml", "o"), 0, "1 not utf-8 in ml.inter; e.g. line 843: '\\xff"),
+    # prepare warns of an empty split (item 6)
+    "empty-val-split": Case(lambda tmp: _criteo(tmp, 9), _prepare("criteo", "c.txt", "o", "--min-count", "1"), 0, "warning: the val split is empty (9 rows kept in all)"),
+}  # fmt: skip
+
+
+def _damaged(damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        _prepared(False)(tmp)
+        damage(tmp / "ds")
+
+    return setup
+
+
+# a damaged prepared dataset stops `train` with one line (exit 2, as config errors) before any step
+CLI_CASES.update({
+    f"train-{name}": Case(_damaged(damage), ("train", "data.path={tmp}/ds", "train.steps=1"), 2, fragment.replace("{ds}", "{tmp}/ds"))
+    for name, (damage, fragment) in READER_CASES.items()
+    if name != "corrupt-pages"  # found only when its row group is decoded, after training
+})  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLI_CASES.values(), ids=CLI_CASES.keys())
+def test_cli_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    case.setup(tmp_path)
+    capsys.readouterr()
+    before = _tree(tmp_path)
+    try:
+        code = cli_main([a.replace("{tmp}", str(tmp_path)) for a in case.argv])
+    finally:
+        for d in [tmp_path, *tmp_path.rglob("*")]:
+            if d.is_dir() and not d.is_symlink():
+                d.chmod(0o755)
+    out, err = capsys.readouterr()
+    for stream in (out, err):
+        assert "Traceback" not in stream and "Exception ignored" not in stream, stream[-3000:]
+    assert err.isascii(), err
+    assert code == case.code, err
+    assert case.fragment.replace("{tmp}", str(tmp_path)) in out + err, (out, err)
+    after = _tree(tmp_path)
+    lost = sorted(set(before) - set(after) - set(case.removed))
+    assert not lost, f"files lost: {lost}"
+    assert all(p not in after for p in case.removed)
+    if code != 0:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("torchrec-me: error: "), err
+        assert after == before, "a failed command changed the directory"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(_prepare("criteo", "c.txt", "o", "--seed", "-1"), id="negative-seed"),
+        pytest.param(_prepare("criteo", "c.txt", "notes.md/o"), id="output-under-a-file"),
+        pytest.param(_prepare("criteo", "c.txt", "", "--overwrite"), id="output-holds-input"),
+        pytest.param(_prepare("criteo", "c.txt", "ro/o"), id="read-only-output", marks=ROOT_SKIP),
+    ],
+)  # fmt: skip
+def test_outputs_are_checked_before_the_input_is_read(
+    argv: Tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _read_only(tmp_path)
+
+    def no_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the input was read before the output was checked")
+
+    monkeypatch.setattr(text, "scan_text", no_pass)
+    try:
+        assert cli_main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert capsys.readouterr().err.startswith("torchrec-me: error: ")
+
+
+def test_a_live_incomplete_directory_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _criteo(tmp_path)
+    live = tmp_path / ".o.incomplete-live"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a concurrent prepare holds its own
+    try:
+        assert cli_main([a.replace("{tmp}", str(tmp_path)) for a in _prepare("criteo", "c.txt", "o")]) == 0
+    finally:
+        os.close(fd)
+    assert live.is_dir() and "removed" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the reader alone
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("prepared")
+    _prepared(False)(tmp)
+    return tmp / "ds"
 
 
 @pytest.mark.parametrize("damage,fragment", READER_CASES.values(), ids=READER_CASES.keys())

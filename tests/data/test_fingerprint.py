@@ -15,7 +15,8 @@ from torchrec_me.data.parquet import ParquetDataset
 from torchrec_me.data.prepare.common import PrepareOptions
 from torchrec_me.data.prepare.criteo import prepare_criteo
 from torchrec_me.data.store import SPLITS, vocab_fingerprint
-from torchrec_me.data.synthetic import SyntheticCriteo
+from torchrec_me.data.synthetic import SyntheticCriteo, scaled_cardinalities
+from torchrec_me.data.synthetic import fingerprint as synthetic_fingerprint
 
 
 def _load(path: Path) -> ParquetDataset:
@@ -74,17 +75,22 @@ def test_prepared_datasets(raw: Path, tmp_path: Path) -> None:
     assert fewer_tokens["vocab_fingerprint"] != fingerprint
 
 
+def _synthetic(cfg: DataConfig) -> str:
+    """What ``SyntheticCriteo(cfg).fingerprint`` is, without drawing its teacher."""
+    return synthetic_fingerprint(cfg, scaled_cardinalities(cfg.cardinality_scale, cfg.max_cardinality))
+
+
 def test_synthetic_datasets() -> None:
     base = DataConfig(cardinality_scale=0.002)
     fingerprint = SyntheticCriteo(base).fingerprint
-    assert len(fingerprint) == 64
+    assert fingerprint == _synthetic(base) and len(fingerprint) == 64
     same_ids = DataConfig(cardinality_scale=0.002, val_samples=128, positive_rate=0.1, zipf_alpha=1.3)
     assert SyntheticCriteo(same_ids).fingerprint == fingerprint  # other frequencies and bias, same ids
-    assert SyntheticCriteo(DataConfig(cardinality_scale=0.0020001)).fingerprint == fingerprint  # same sizes
+    assert _synthetic(DataConfig(cardinality_scale=0.0020001)) == fingerprint  # the same sizes
     others = [
         DataConfig(cardinality_scale=0.002, seed=1),  # other Zipf permutations and teacher
         DataConfig(cardinality_scale=0.003),  # other sizes
         DataConfig(cardinality_scale=0.002, max_cardinality=50),
         DataConfig(cardinality_scale=0.002, teacher_dim=8),  # other teacher vectors per id
     ]
-    assert len({SyntheticCriteo(cfg).fingerprint for cfg in others} | {fingerprint}) == len(others) + 1
+    assert len({_synthetic(cfg) for cfg in others} | {fingerprint}) == len(others) + 1

@@ -167,7 +167,7 @@ def test_out_of_range_ids_are_refused(dataset_dir: Path, tmp_path: Path) -> None
 
 
 def test_uri_config_and_errors(dataset_dir: Path) -> None:
-    data = dataset_config(load_job_config(overrides=[f"data.path=file://{dataset_dir}"]).data)
+    data = dataset_config(load_job_config(overrides=[f"data.path=file://{dataset_dir}"]))
     assert data.name == "parquet"  # a path alone selects the prepared dataset
     ds = ParquetDataset(data)
     assert len(list(ds.eval_batches("test", 0, 1, 1000))) == 1

@@ -39,8 +39,9 @@ from torchrec_me.modules.naming import is_packed_table, parse_table_name
 
 __all__ = ["EmbeddingTable", "find_embedding_tables", "gram_matrices"]
 
-# ``...embedding_bags.{table}.weight`` in the state dict of an (un)sharded EBC.
-_TABLE_KEY = re.compile(r"(?:^|\.)embedding_bags\.([^.]+)\.weight$")
+# ``...embedding_bags.{table}.weight`` in the state dict of an (un)sharded EBC, and
+# ``...embeddings.{table}.weight`` of an EmbeddingCollection (the sequential item tables).
+_TABLE_KEY = re.compile(r"(?:^|\.)(?:embedding_bags|embeddings)\.([^.]+)\.weight$")
 
 VARIANTS: Dict[str, str] = {
     "all_rows": "every row of the table: singular values of E (N x D), from E^T E",

@@ -1,19 +1,32 @@
-"""Read a dataset written by ``torchrec-me prepare``: rank shares, exact resume, prefetch.
+"""Read a dataset written by ``torchrec-me prepare``: a global stream, exact resume, prefetch.
 
 ``data.name=parquet data.path=DIR`` (a local path or any iopath URI) trains on it.
 Table sizes, dense features and bags come from ``metadata.json``.
 
-**Training stream.** Rank ``r`` of ``W`` reads, in epoch ``e``, the row groups
-``perm_e[r::W]`` of the train split, where ``perm_e`` is a permutation seeded by
-``(data.seed, e)``, the same on every rank, so within an epoch the ranks' shares are
-disjoint and together cover the split. The rank's groups are taken ``shuffle_window``
-at a time; the rows of each window are shuffled by a generator seeded by
-``(data.seed, e, r, W, window)``. The rank's stream is these shuffled windows, epoch
-after epoch, endlessly; training step ``s`` is rows ``s*B .. (s+1)*B - 1`` of it. Batch
-``s`` is therefore a function of ``(seed, W, r, B, s)`` alone, so
-``train_batches(start=s)`` resumes exactly (it skips whole epochs and windows by their
-row counts, from the Parquet footers, without reading them), and every rank has a
-batch for every step.
+**Training stream.** The train split is read in ``M = min(16, row groups)`` *lanes*
+(:data:`MAX_LANES`). In epoch ``e`` lane ``l`` owns the row groups ``perm_e[l::M]``,
+where ``perm_e`` is a permutation seeded by ``(data.seed, e)``, so within an epoch the
+lanes' shares are disjoint and together cover the split. A lane takes its groups
+``max(1, shuffle_window // M)`` at a time and shuffles the rows of each such window with
+a generator seeded by ``(data.seed, e, l, M, window)``; its stream is these shuffled
+windows, epoch after epoch, endlessly. None of this depends on the world size.
+
+A training step with per-rank batch ``b`` on ``W`` ranks reads the global batch
+``G = b * W``: lane ``l`` contributes the next ``c_l = floor((l+1)G/M) - floor(lG/M)``
+rows of its stream, which become rows ``[floor(lG/M), floor((l+1)G/M))`` of the global
+batch, and rank ``r`` takes rows ``[r*b, (r+1)*b)`` of it. So step ``s`` of every rank
+is a function of ``(seed, G, r*b, b, s)``: ``train_batches(start=s)`` resumes exactly (a
+lane skips ``s * c_l`` rows by whole epochs and windows, from the Parquet footers,
+without reading them), every rank has a batch for every step, and a restart at another
+world size with the same ``G`` continues the same global stream, every row of an epoch
+read exactly once across the change.
+
+Cost: a rank decodes only the lanes its rows come from. When ``W`` divides ``M`` (1, 2,
+4, 8 or 16 ranks on a split of >= 16 row groups, which ``prepare`` ensures) each lane
+belongs to one rank and nothing is decoded twice; otherwise a lane shared by two ranks
+is decoded by both (at most ``ceil(M/W) + 1`` lanes per rank), and with ``W > M`` each
+rank decodes one lane, ``W/M`` times its share. Memory: one window per lane read, i.e.
+about ``max(shuffle_window, M)`` row groups at ``W = 1`` and ``1/W`` of that per rank.
 
 **Evaluation.** The ``N`` rows of a split are dealt out so that every row is scored
 exactly once and every rank runs the same batches (sharded forwards are collective):
@@ -60,6 +73,10 @@ from torchrec_me.data.store import (
 
 T = TypeVar("T")
 _END = object()
+#: The most lanes the train split is read in. ``prepare`` writes at least 16 train row
+#: groups (``MIN_TRAIN_ROW_GROUPS``), so 1, 2, 4, 8 and 16 ranks each read only their
+#: own lanes; more lanes would hold more row groups in memory at small world sizes.
+MAX_LANES = 16
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,23 @@ class RowGroup:
     index: int
     rows: int
     start: int
+
+
+def _chunks(blocks: Iterator[Block], size: int) -> Iterator[Block]:
+    """Consecutive blocks of exactly ``size`` rows out of ``blocks``, endlessly (``blocks`` is endless)."""
+    pending: List[Block] = []
+    have = 0
+    for block in blocks:
+        k = 0
+        while have + block.n - k >= size:
+            pending.append(block.slice(k, k + size - have))
+            k += size - have
+            yield Block.concat(pending)
+            pending, have = [], 0
+        if k < block.n:
+            pending.append(block.slice(k, block.n))
+            have += block.n - k
+    raise DatasetError("the training stream ended")  # unreachable: lanes are endless
 
 
 def prefetch(make: Callable[[], Iterator[T]], depth: int) -> Iterator[T]:
@@ -118,8 +152,9 @@ class ParquetDataset:
 
     Args:
         cfg (DataConfig): ``path`` (directory or URI) and ``seed`` (of the shuffle).
-        shuffle_window (int): row groups shuffled together (memory: that many row
-            groups of decoded int64 ids).
+        shuffle_window (int): row groups decoded at once over all lanes; each lane
+            shuffles ``max(1, shuffle_window // M)`` row groups together (memory: about
+            ``max(shuffle_window, M)`` row groups of decoded ids in one process).
         prefetch (int): batches decoded ahead by the background thread.
 
     Raises:
@@ -216,62 +251,69 @@ class ParquetDataset:
     def _rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, *key]))
 
-    def epoch_groups(self, rank: int, world_size: int, epoch: int) -> List[RowGroup]:
-        """The train row groups rank ``rank`` reads in ``epoch``, in reading order."""
+    def lanes(self) -> int:
+        """``M``, the number of lanes the train split is read in (see the module docstring)."""
+        return min(MAX_LANES, len(self.row_groups("train")))
+
+    def epoch_groups(self, lane: int, lanes: int, epoch: int) -> List[RowGroup]:
+        """The train row groups lane ``lane`` of ``lanes`` reads in ``epoch``, in reading order."""
         groups = self.row_groups("train")
-        if len(groups) < world_size:
-            raise DatasetError(
-                f"the train split of {self.path} has {len(groups)} row groups, fewer than the {world_size} ranks; "
-                "prepare it again with a smaller --row-group-size"
-            )
         perm = self._rng(0x7EA1, epoch).permutation(len(groups))
-        return [groups[i] for i in perm[rank::world_size]]
+        return [groups[i] for i in perm[lane::lanes]]
 
-    def epoch_rows(self, rank: int, world_size: int, epoch: int) -> int:
-        """Rows of rank ``rank``'s share of the train split in ``epoch``."""
-        return sum(g.rows for g in self.epoch_groups(rank, world_size, epoch))
+    def epoch_rows(self, lane: int, lanes: int, epoch: int) -> int:
+        """Rows of lane ``lane``'s share of the train split in ``epoch``."""
+        return sum(g.rows for g in self.epoch_groups(lane, lanes, epoch))
 
-    def _train_stream(self, rank: int, world_size: int, batch_size: int, start: int, stop: Optional[int]) -> Iterator[Batch]:
-        read = self._reader()
-        skip, epoch = start * batch_size, 0
-        while skip >= (n := self.epoch_rows(rank, world_size, epoch)):
+    def lane_bounds(self, global_batch: int) -> List[int]:
+        """``M + 1`` offsets: lane ``l`` fills rows ``[bounds[l], bounds[l+1])`` of every global batch."""
+        m = self.lanes()
+        return [lane * global_batch // m for lane in range(m + 1)]
+
+    def _lane_windows(self, lane: int, skip: int, read: Callable[[RowGroup], Block]) -> Iterator[Block]:
+        """Lane ``lane``'s stream of shuffled windows, from its row ``skip`` on, endlessly."""
+        m = self.lanes()
+        per_window = max(1, self.shuffle_window // m)
+        epoch = 0
+        while skip >= (n := self.epoch_rows(lane, m, epoch)):
             skip, epoch = skip - n, epoch + 1
-        step = start
-        carry: Optional[Block] = None
         while True:
-            groups = self.epoch_groups(rank, world_size, epoch)
-            for w in range(0, len(groups), self.shuffle_window):
-                window = groups[w : w + self.shuffle_window]
+            groups = self.epoch_groups(lane, m, epoch)
+            for w in range(0, len(groups), per_window):
+                window = groups[w : w + per_window]
                 rows = sum(g.rows for g in window)
                 if skip >= rows:
                     skip -= rows
                     continue
                 block = Block.concat([read(g) for g in window])
-                block = block.take(self._rng(0x5BFF, epoch, rank, world_size, w).permutation(rows))
-                block, skip = block.slice(skip, rows), 0
-                k = 0
-                if carry is not None and carry.n:  # the batch that straddles two windows
-                    k = batch_size - carry.n
-                    if block.n < k:
-                        carry = Block.concat([carry, block])
-                        continue
-                    yield to_batch(Block.concat([carry, block.slice(0, k)]), self.layout)
-                    step += 1
-                    if stop is not None and step >= stop:
-                        return
-                while block.n - k >= batch_size:
-                    yield to_batch(block.slice(k, k + batch_size), self.layout)
-                    k, step = k + batch_size, step + 1
-                    if stop is not None and step >= stop:
-                        return
-                carry = block.slice(k, block.n)
+                block = block.take(self._rng(0x5BFF, epoch, lane, m, w).permutation(rows))
+                yield block.slice(skip, rows)
+                skip = 0
             epoch += 1
+
+    def _train_stream(self, rank: int, world_size: int, batch_size: int, start: int, stop: Optional[int]) -> Iterator[Batch]:
+        read = self._reader()
+        bounds = self.lane_bounds(batch_size * world_size)
+        lo, hi = rank * batch_size, (rank + 1) * batch_size
+        parts = []  # (rows of each of this rank's lanes' chunks to keep, the lane's chunks)
+        for lane in range(len(bounds) - 1):
+            a, z = bounds[lane], bounds[lane + 1]
+            if z > a and a < hi and z > lo:
+                chunks = _chunks(self._lane_windows(lane, start * (z - a), read), z - a)
+                parts.append((max(a, lo) - a, min(z, hi) - a, chunks))
+        step = start
+        while stop is None or step < stop:
+            yield to_batch(Block.concat([next(chunks).slice(x, y) for x, y, chunks in parts]), self.layout)
+            step += 1
 
     def train_batches(
         self, rank: int, world_size: int, batch_size: int, start: int = 0, stop: Optional[int] = None
     ) -> Iterator[Batch]:
-        """This rank's training batches for steps ``start..stop-1`` (endless if stop is None)."""
-        self.epoch_groups(rank, world_size, 0)  # fail here, not in the reader thread
+        """This rank's training batches for steps ``start..stop-1`` (endless if stop is None):
+        rows ``[rank*b, (rank+1)*b)`` of each global batch of ``b * world_size`` rows."""
+        if not 0 <= rank < world_size or batch_size < 1 or start < 0:
+            raise ValueError(f"bad rank {rank} of {world_size}, batch size {batch_size} or start {start}")
+        self.row_groups("train")  # fail here, not in the reader thread
         if stop is not None and stop <= start:
             return iter(())
         return prefetch(lambda: self._train_stream(rank, world_size, batch_size, start, stop), self.prefetch)

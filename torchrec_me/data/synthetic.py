@@ -15,9 +15,14 @@ field-pair matrix ``R`` (F x F, upper triangle),
 is solved for the configured positive rate. Labels are ``Bernoulli(sigmoid(logit))``.
 
 Streams: batch ``g`` of a split is drawn from a generator seeded by
-``(seed, split, g, batch_size)`` alone. Rank ``r`` of ``W`` takes global batches
-``r, r + W, r + 2W, ...``; the rank streams are disjoint and their union is the
-single-process stream.
+``(seed, split, g, batch_size)`` alone. Training step ``s`` with per-rank batch ``b`` on
+``W`` ranks is global batch ``s`` of size ``G = b * W`` (``G`` samples
+``[s*G, (s+1)*G)`` of the stream), and rank ``r`` takes its rows ``[r*b, (r+1)*b)``. The
+training stream is therefore a function of ``(seed, G)`` alone: the ranks' shares are
+disjoint, their union is the one-process stream of batch ``G``, and a restart at another
+world size with the same global batch continues the same samples. Every rank draws the
+random numbers of the whole global batch (cheap) but computes ids, teacher and labels
+for its own rows only.
 
 Fingerprint (:func:`fingerprint`): what an id means here is fixed by the seed, the
 vocabulary sizes and the teacher's dim (they fix the Zipf rank -> id permutations and
@@ -118,9 +123,11 @@ class SyntheticCriteo:
 
     def _sample_ids(self, n: int, g: torch.Generator) -> torch.Tensor:
         """(n, F) global row ids (field offset included) drawn from each field's Zipf."""
-        F = len(self.num_embeddings)
-        u = torch.rand(n, F, generator=g, dtype=torch.float64) + torch.arange(F)
-        rank = torch.searchsorted(self._cdf, u).clamp_(max=self._cdf.numel() - 1)
+        return self._ids_from_uniform(torch.rand(n, len(self.num_embeddings), generator=g, dtype=torch.float64))
+
+    def _ids_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """(n, F) global row ids of (n, F) float64 uniforms, by each field's Zipf cdf."""
+        rank = torch.searchsorted(self._cdf, u + torch.arange(u.shape[1])).clamp_(max=self._cdf.numel() - 1)
         return self._perm[rank] + self._offsets
 
     def _teacher_logit(self, gid: torch.Tensor) -> torch.Tensor:
@@ -140,21 +147,34 @@ class SyntheticCriteo:
                 lo = mid
         return (lo + hi) / 2
 
-    def batch(self, split: str, index: int, batch_size: int) -> Tuple[Batch, torch.Tensor]:
-        """Global batch ``index`` of ``split``: the Batch and the teacher's probabilities."""
+    def batch(
+        self, split: str, index: int, batch_size: int, rows: Optional[Tuple[int, int]] = None
+    ) -> Tuple[Batch, torch.Tensor]:
+        """Global batch ``index`` of ``split``: the Batch and the teacher's probabilities.
+
+        ``rows=(lo, hi)`` returns only rows ``lo..hi-1`` of that batch, computing nothing
+        for the others (the random draws of the whole batch are made, so each row is the
+        same whichever share of the batch is asked for).
+        """
+        lo, hi = rows if rows is not None else (0, batch_size)
+        if not 0 <= lo <= hi <= batch_size:
+            raise ValueError(f"rows {lo}..{hi} are outside a batch of {batch_size}")
         g = torch.Generator().manual_seed(self._seed(split, index, batch_size))
-        gid = self._sample_ids(batch_size, g)
+        F = len(self.num_embeddings)
+        u = torch.rand(batch_size, F, generator=g, dtype=torch.float64)[lo:hi]  # id draws
+        coins = torch.rand(batch_size, generator=g)[lo:hi]  # label draws
+        gid = self._ids_from_uniform(u)
         prob = torch.sigmoid(self._teacher_logit(gid)).float()
-        labels = torch.bernoulli(prob, generator=g)
-        local = gid - self._offsets  # (B, F) ids within each field
-        F = local.shape[1]
+        labels = (coins < prob).float()  # Bernoulli(prob)
+        n = hi - lo
+        local = gid - self._offsets  # (n, F) ids within each field
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.feature_names,
             values=local.t().reshape(-1),
-            lengths=torch.ones(F * batch_size, dtype=torch.int32),
+            lengths=torch.ones(F * n, dtype=torch.int32),
         )
         batch = Batch(
-            dense_features=torch.zeros(batch_size, self.num_dense),
+            dense_features=torch.zeros(n, self.num_dense),
             sparse_features=kjt,
             labels=labels,
         )
@@ -163,10 +183,12 @@ class SyntheticCriteo:
     def train_batches(
         self, rank: int, world_size: int, batch_size: int, start: int = 0, stop: Optional[int] = None
     ) -> Iterator[Batch]:
-        """This rank's training batches for steps ``start..stop`` (endless if stop is None)."""
+        """This rank's training batches for steps ``start..stop-1`` (endless if stop is None):
+        its rows ``[rank*b, (rank+1)*b)`` of global batch ``step`` of ``G = b * world_size``."""
+        G, lo = batch_size * world_size, rank * batch_size
         step = start
         while stop is None or step < stop:
-            yield self.batch("train", step * world_size + rank, batch_size)[0]
+            yield self.batch("train", step, G, rows=(lo, lo + batch_size))[0]
             step += 1
 
     def eval_ranges(self, split: str, rank: int, world_size: int, batch_size: int) -> List[Tuple[int, int, bool]]:

@@ -77,9 +77,15 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     if not is_complete(path):
         return f"no {COMPLETE} marker (an interrupted write)"
     try:
-        expected = read_meta(path)["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"its {META} is unreadable or lacks checksums ({type(e).__name__}: {e})"
+        meta = read_meta(path)
+    except (OSError, ValueError) as e:
+        return f"its {META} is unreadable ({type(e).__name__}: {e})"
+    if not isinstance(meta, dict) or "step" not in meta:
+        return f"its {META} is not a checkpoint's meta"
+    expected = meta.get("files")
+    if expected is None:
+        logger.warning("checkpoint %s predates checksums; its files are not verified", path)
+        return None
     actual = file_digests(path)
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:

@@ -23,15 +23,18 @@ DEFAULT_KS = (10, 50, 200)
 
 
 def exclude_history(
-    scores: torch.Tensor, history: torch.Tensor, history_lengths: torch.Tensor, targets: torch.Tensor
+    scores: torch.Tensor, history: torch.Tensor, history_lengths: torch.Tensor, targets: torch.Tensor,
+    keep_targets: bool = True,
 ) -> torch.Tensor:
-    """A copy of ``scores`` (B, I) with each row's history items at ``-inf``, targets kept.
+    """A copy of ``scores`` (B, I) with each row's history items at ``-inf``; with
+    ``keep_targets`` a target that is also in the history keeps its score.
 
     Args:
         scores (torch.Tensor): (B, I) scores of every item.
         history (torch.Tensor): (N,) item ids of the B histories, concatenated.
         history_lengths (torch.Tensor): (B,) length of each history.
         targets (torch.Tensor): (B,) the item to rank per row.
+        keep_targets (bool): keep the target's score (else a repeated target is a miss).
 
     Returns:
         torch.Tensor: (B, I) masked scores.
@@ -40,7 +43,8 @@ def exclude_history(
     rows_all = torch.arange(scores.shape[0], device=scores.device)
     target_scores = scores[rows_all, targets]
     out = scores.index_put((rows, history.long()), scores.new_tensor(float("-inf")))
-    out[rows_all, targets] = target_scores
+    if keep_targets:
+        out[rows_all, targets] = target_scores
     return out
 
 

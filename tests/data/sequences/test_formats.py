@@ -134,14 +134,16 @@ def test_metadata_json_matches_the_returned_metadata(tmp_path: Path) -> None:
         ("amazon", "missing/ratings.csv", None, "does not exist"),
         ("lines", "log.txt", "u1\nu2\n", "no valid"),
         ("imdb", "log.txt", "1 2\n", "unknown sequence format"),
+        ("pairs", "log.txt", "1 2\n", "min_item_count must be >= 0"),
     ],
 )  # fmt: skip
 def test_bad_inputs_give_one_clear_error(tmp_path: Path, fmt: str, filename: str, text: str, message: str) -> None:
     raw = tmp_path / filename
     if text is not None:
         raw.write_text(text)
+    bad_count = {"min_item_count": -1} if "min_item_count" in message else {}
     with pytest.raises(PrepareError, match=message) as e:
-        prepare_sequences(str(raw), str(tmp_path / "out"), OPTIONS, fmt=fmt)
+        prepare_sequences(str(raw), str(tmp_path / "out"), OPTIONS, fmt=fmt, **bad_count)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
 
@@ -157,3 +159,10 @@ def test_temporal_split_needs_timestamps(tmp_path: Path) -> None:
     raw = write_pairs(tmp_path / "log.txt", time_ordered(random_log(n_users=5)))
     with pytest.raises(PrepareError, match="needs timestamps"):
         prepare_sequences(str(raw), str(tmp_path / "out"), OPTIONS, fmt="pairs", split="temporal")
+
+
+def test_fields_are_trimmed(tmp_path: Path) -> None:
+    raw = tmp_path / "r.csv"
+    raw.write_text("A1 , b1, 4.0 ,100\nA1,b2,5, 200\n")
+    prepare_sequences(str(raw), str(tmp_path / "out"), OPTIONS, fmt="amazon")
+    assert read_back(tmp_path / "out") == {"A1": [("b1", 100, 4.0), ("b2", 200, 5.0)]}

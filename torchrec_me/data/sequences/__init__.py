@@ -3,7 +3,8 @@
 The converter half (run once, before training; it imports the CTR converter's options,
 skip log and atomic output from :mod:`torchrec_me.data.prepare`):
 
-* :mod:`.formats`: the five raw formats -> interactions, bad lines counted;
+* :mod:`.delimited`: a delimited log -> validated Arrow columns, every bad line counted;
+* :mod:`.formats`: the five raw formats -> interactions;
 * :mod:`.filters`: rating threshold and iterative k-core;
 * :mod:`.splits`: leave-one-out and temporal split positions (shared with the readers);
 * :mod:`.prepare`: ``prepare_sequences``, writing the layout of :mod:`.layout` atomically;

@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from torchrec_me.data.prepare.common import PrepareError, PrepareOptions
+from torchrec_me.data.prepare.common import PrepareError, PrepareOptions, report_errors
 from torchrec_me.data.sequences.fetch import DEFAULT_TIMEOUT, FETCH_REGISTRY, fetch_dataset
 from torchrec_me.data.sequences.formats import FORMATS
 from torchrec_me.data.sequences.prepare import DEFAULT_USERS_PER_ROW_GROUP, prepare_sequences
@@ -26,19 +26,6 @@ from torchrec_me.data.sequences.splits import SPLIT_REGISTRY
 
 __all__ = ["FETCH_COMMANDS", "add_fetch_arguments", "add_prepare_sequences_command", "run_fetch_sequences",
            "run_prepare_sequences"]  # fmt: skip
-
-
-def _run(action: Callable[[], None], interrupted: str) -> int:
-    """0, or 1 with one ``torchrec-me: error:`` line for a PrepareError, or 130 on Ctrl-C."""
-    try:
-        action()
-    except PrepareError as e:
-        print(f"torchrec-me: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"torchrec-me: interrupted; {interrupted}", file=sys.stderr)
-        return 130
-    return 0
 
 
 def add_prepare_sequences_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -88,7 +75,7 @@ def run_prepare_sequences(args: argparse.Namespace) -> int:
             min_item_count=args.min_item_count, rating_threshold=args.rating_threshold, split=args.split,
         )  # fmt: skip
 
-    return _run(prepare, "no dataset was written")
+    return report_errors(prepare, "no dataset was written")
 
 
 def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +100,7 @@ def run_fetch_sequences(args: argparse.Namespace) -> int:
         fmt = remote.prepare_format
         print(f"next: torchrec-me prepare sequences --format {fmt} --input {path} --output {path}-seq")
 
-    return _run(fetch, "the partial download is kept; run the same command again to resume")
+    return report_errors(fetch, "the partial download is kept; run the same command again to resume")
 
 
 FETCH_COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {name: run_fetch_sequences for name in FETCH_REGISTRY}

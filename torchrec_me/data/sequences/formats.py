@@ -95,13 +95,13 @@ def _single_file(path: str, suffixes: Sequence[str], what: str) -> str:
 
 
 def _codes(column: pa.ChunkedArray) -> Tuple[np.ndarray, pa.Array]:
-    """Dense first-appearance codes of a (UTF-8) bytes column, and the distinct values as strings."""
+    """Dense first-appearance codes of a string column, and the distinct values."""
     encoded = column.combine_chunks().dictionary_encode()
-    return np.asarray(encoded.indices, dtype=np.int64), pc.cast(encoded.dictionary, pa.string())
+    return np.asarray(encoded.indices, dtype=np.int64), encoded.dictionary
 
 
 def _number(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(pc.cast(pc.cast(table.column(name), pa.string()), pa.float64()), dtype=np.float64)
+    return np.asarray(pc.cast(table.column(name), pa.float64()), dtype=np.float64)
 
 
 def read_delimited(path: str, layout: Delimited, variant: str, skips: SkipLog) -> Interactions:

@@ -108,8 +108,6 @@ def _users_table(seqs: Sequences, pos: SplitPositions, lo: int, hi: int) -> pa.T
 
 def write_files(directory: Path, seqs: Sequences, pos: SplitPositions, users_per_group: int) -> None:
     """``users.parquet`` (row groups of ``users_per_group`` users) and ``items.parquet`` into ``directory``."""
-    if users_per_group < 1:
-        raise PrepareError(f"users per row group must be >= 1, got {users_per_group}")
     n_users = len(seqs.user_tokens)
     with pq.ParquetWriter(str(directory / USERS_FILE), USERS_SCHEMA, compression="zstd") as writer:
         for lo in range(0, n_users, users_per_group):
@@ -147,7 +145,8 @@ def build_metadata(
     }  # fmt: skip
 
 
-def _check_arguments(fmt: str, split: str, min_user_count: int, min_item_count: int) -> None:
+def _check_arguments(fmt: str, split: str, min_user_count: int, min_item_count: int, users_per_group: int) -> None:
+    """One :class:`PrepareError` for the first bad argument, before any work."""
     if fmt not in FORMATS:
         raise PrepareError(f"unknown sequence format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if split not in SPLIT_REGISTRY:
@@ -155,6 +154,8 @@ def _check_arguments(fmt: str, split: str, min_user_count: int, min_item_count: 
     for name, value in (("min_user_count", min_user_count), ("min_item_count", min_item_count)):
         if value < 0:
             raise PrepareError(f"{name} must be >= 0, got {value}")
+    if users_per_group < 1:
+        raise PrepareError(f"the row group size (users per row group) must be >= 1, got {users_per_group}")
 
 
 def _read_filtered(
@@ -210,11 +211,11 @@ def prepare_sequences(
         meta["num_items"]  # 3706
     """
     options = options or PrepareOptions()
-    _check_arguments(fmt, split, min_user_count, min_item_count)
+    users_per_group = options.row_groups(DEFAULT_USERS_PER_ROW_GROUP)
+    _check_arguments(fmt, split, min_user_count, min_item_count, users_per_group)
     output_path(output, options.overwrite, inputs=(input,))  # refuse a wrong output before reading the input
     started = time.perf_counter()
     skips = SkipLog()
-    users_per_group = options.row_groups(DEFAULT_USERS_PER_ROW_GROUP)
     params = {
         "format": fmt, "split": split, "rating_threshold": rating_threshold, "min_user_count": min_user_count,
         "min_item_count": min_item_count, "users_per_row_group": users_per_group,

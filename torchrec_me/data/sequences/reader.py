@@ -20,11 +20,16 @@ positions too: the *reference* protocol, under which the published HSTU and SASR
 numbers were trained on every item but the test one (there is then no clean validation).
 
 **Training stream.** In epoch ``e`` the windows are permuted by a generator seeded by
-``(seed, e)``, the same on every rank; rank ``r`` of ``W`` takes ``perm[r::W]``, so the
-ranks' shares of an epoch are disjoint and cover it. A rank's stream is its shares of
-epochs 0, 1, ... end to end; step ``s`` is rows ``s*B .. (s+1)*B - 1`` of it. Batch ``s``
-therefore depends only on ``(seed, W, r, B, s)`` (and the windowing), so
-``train_batches(start=s)`` resumes exactly, and every rank has a batch for every step.
+``(seed, e)``; the global stream is the permutations of epochs 0, 1, ... end to end, the
+same for every world size. Training step ``s`` with per-rank batch ``b`` on ``W`` ranks
+covers the global batch ``G = b * W`` of positions ``[s*G, (s+1)*G)``, and rank ``r``
+takes positions ``[s*G + r*b, s*G + (r+1)*b)``. Batch ``s`` of rank ``r`` therefore
+depends only on ``(seed, G, r*b, b, s)`` (and the windowing): ``train_batches(start=s)``
+resumes exactly, every rank has a batch for every step, the ranks' batches of a step are
+disjoint slices of one global batch, and a restart at another world size with the same
+``G`` continues the same stream, so every window of an epoch is read exactly once
+across the change. A step may cross an epoch's end (it then holds the last windows of
+one epoch and the first of the next).
 
 **Evaluation rows.** For split ``val`` or ``test``, every user with a target in it, in
 user-id order, is one row: the user's most recent ``S`` items before the target (oldest
@@ -202,7 +207,7 @@ class SequenceReader:
         counts = item_counts if known else self.table.train_counts(num_items)
         self.item_counts = torch.tensor(np.asarray(counts), dtype=torch.int64)  # (num_items,), a copy
         self._windows: Dict[int, Windows] = {}
-        self._share: Dict[Tuple[int, int, int, int], np.ndarray] = {}
+        self._perms: Dict[Tuple[int, int], np.ndarray] = {}
 
     @property
     def num_users(self) -> int:
@@ -240,28 +245,33 @@ class SequenceReader:
             self._windows[max_seq_len] = TRAIN_WINDOWS[self.options.train_windows](self.table.train_len, max_seq_len)
         return self._windows[max_seq_len]
 
-    def _epoch_share(self, epoch: int, rank: int, world_size: int, n: int) -> np.ndarray:
-        key = (epoch, rank, world_size, n)
-        if key not in self._share:
-            self._share.clear()  # the stream only moves forward: keep one epoch
-            perm = np.random.default_rng(np.random.SeedSequence([self.options.seed, 0x5E0, epoch])).permutation(n)
-            self._share[key] = perm[rank::world_size]
-        return self._share[key]
+    def _epoch_perm(self, epoch: int, n: int) -> np.ndarray:
+        """The order of the ``n`` training windows in ``epoch`` (the same on every rank)."""
+        key = (epoch, n)
+        if key not in self._perms:
+            if len(self._perms) >= 2:  # the stream only moves forward; a step spans <= 2 epochs mostly
+                self._perms.pop(next(iter(self._perms)))
+            rng = np.random.default_rng(np.random.SeedSequence([self.options.seed, 0x5E0, epoch]))
+            self._perms[key] = rng.permutation(n)
+        return self._perms[key]
 
     def train_rows(self, step: int, rank: int, world_size: int, batch_size: int, max_seq_len: int) -> np.ndarray:
-        """Window indices of training step ``step`` on rank ``rank`` (see the module docstring)."""
+        """Window indices of training step ``step`` on rank ``rank`` (see the module docstring):
+        positions ``[step*G + rank*b, step*G + (rank+1)*b)`` of the global stream, ``G = b * world_size``."""
         n = len(self.windows(max_seq_len)[0])
-        share = len(range(rank, n, world_size))
-        if share == 0:
-            raise DatasetError(f"{n} training windows cannot feed {world_size} ranks (rank {rank} gets none)")
+        if n == 0:
+            raise DatasetError("no user has two training items: there is no training window")
+        if not 0 <= rank < world_size:
+            raise DatasetError(f"rank {rank} is outside a world of {world_size}")
         parts: List[np.ndarray] = []
-        p, hi = step * batch_size, (step + 1) * batch_size
+        p = step * batch_size * world_size + rank * batch_size
+        hi = p + batch_size
         while p < hi:
-            epoch, k = divmod(p, share)
-            take = min(hi - p, share - k)
-            parts.append(self._epoch_share(epoch, rank, world_size, n)[k : k + take])
+            epoch, k = divmod(p, n)
+            take = min(hi - p, n - k)
+            parts.append(self._epoch_perm(epoch, n)[k : k + take])
             p += take
-        return np.concatenate(parts)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def train_batches(
         self, rank: int, world_size: int, batch_size: int, start: int = 0, stop: Optional[int] = None,

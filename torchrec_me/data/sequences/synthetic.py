@@ -27,8 +27,9 @@ averages these over a split's targets: the best any model can expect. The oracle
 ``theta[u]``, which a model can only estimate from the history, so it is an upper bound
 that long histories approach.
 
-Generation is vectorised over users (one numpy step per position), so millions of
-users are a matter of seconds; all draws come from generators seeded by ``(seed, part)``.
+Generation is vectorised: every jump is drawn at once and only successor walks go step by
+step (over all users together), so ten million interactions take seconds; all draws come
+from generators seeded by ``(seed, part)``.
 """
 
 import dataclasses
@@ -47,6 +48,7 @@ from torchrec_me.data.store import DatasetError
 GENERATOR_VERSION = 1
 START_TIME = 1_600_000_000
 MEAN_GAP_SECONDS = 86_400.0
+CACHE_FRIENDLY = 1 << 20  # table entries (8 MB) below which searching unsorted keys is fast enough
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,13 @@ class RowSampler:
 
     def __call__(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(n,) column drawn from each of ``rows``."""
-        flat = np.searchsorted(self.shifted, rows + rng.random(len(rows)), side="right")
+        keys = rows + rng.random(len(rows))
+        if len(self.shifted) <= CACHE_FRIENDLY:
+            flat = np.searchsorted(self.shifted, keys, side="right")
+        else:  # sorted keys walk a large table in order instead of at random
+            order = np.argsort(keys, kind="stable")
+            flat = np.empty(len(rows), dtype=np.int64)
+            flat[order] = np.searchsorted(self.shifted, keys[order], side="right")
         return np.clip(flat - rows * self.width, 0, self.last[rows])
 
 
@@ -174,22 +182,25 @@ class InterestMarkovProcess:
         return self.topic_items[topics, self._within_topic(topics, rng)]
 
     def sample(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(offsets (U+1,), items (N,), timestamps (N,))`` of every user's sequence."""
+        """``(offsets (U+1,), items (N,), timestamps (N,))`` of every user's sequence.
+
+        Jumps do not depend on the previous item, so every position's jump item, its
+        follow-or-jump coin and its successor slot are drawn at once; only following a
+        successor walks position by position (one vectorised step over the users).
+        """
         rng = _rng(self.cfg.seed, 2)
         offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        n = int(offsets[-1])
+        items = self._jump(np.repeat(np.arange(len(self.lengths)), self.lengths), rng)
+        follow = rng.random(n) < self.cfg.follow_prob
+        follow[offsets[:-1]] = False  # a user's first item is a jump
+        slots = np.searchsorted(self.successor_cdf, rng.random(n), side="right").clip(max=len(self.successor_cdf) - 1)
         order = np.argsort(-self.lengths, kind="stable")  # the users still walking are a prefix
         descending = self.lengths[order]
-        items = np.empty(int(offsets[-1]), dtype=np.int64)
-        last = np.empty(len(order), dtype=np.int64)
-        for t in range(int(descending[0])):
-            active = order[: int(np.searchsorted(-descending, -t, side="left"))]
-            follow = rng.random(len(active)) < (self.cfg.follow_prob if t > 0 else 0.0)
-            nxt = np.empty(len(active), dtype=np.int64)
-            nxt[~follow] = self._jump(active[~follow], rng)
-            slot = np.searchsorted(self.successor_cdf, rng.random(int(follow.sum())), side="right")
-            nxt[follow] = self.successors[last[: len(active)][follow], np.minimum(slot, len(self.successor_cdf) - 1)]
-            items[offsets[active] + t] = nxt
-            last[: len(active)] = nxt
+        for t in range(1, int(descending[0])):
+            at = offsets[order[: int(np.searchsorted(-descending, -t, side="left"))]] + t
+            walk = at[follow[at]]
+            items[walk] = self.successors[items[walk - 1], slots[walk]]
         gaps = rng.exponential(MEAN_GAP_SECONDS, size=len(items))
         cum = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[offsets[:-1]] - gaps[offsets[:-1]], self.lengths)
         starts = START_TIME + rng.integers(0, 365 * 86_400, size=len(self.lengths))
