@@ -28,6 +28,7 @@ from torchrec_me.config import Config, ConfigError, DataConfig, ModelConfig, con
 from torchrec_me.data import DATASET_REGISTRY, Dataset, build_dataset
 from torchrec_me.data.sequence_batch import ITEM_FEATURE
 from torchrec_me.data.sequences.dataset import SequenceDataset
+from torchrec_me.data.sequences.layout import load_sequence_metadata
 from torchrec_me.data.sequences.reader import ReadOptions
 from torchrec_me.data.sequences.synthetic import SyntheticSequenceConfig, SyntheticSequences
 from torchrec_me.data.store import DatasetError, load_metadata
@@ -110,7 +111,7 @@ def _check_data(cfg: Config) -> None:
         if not data.path:
             _fail("data.path", f"data.name={data.name} needs data.path=DIR, a dataset written by `torchrec-me prepare`")
         try:
-            load_metadata(data.path)
+            family.load_metadata(data.path)
         except DatasetError as e:
             _fail("data.path", str(e))
 
@@ -203,6 +204,7 @@ class Family:
         id_features (Callable): ``batch -> KJT`` of the ids the frequency tracker counts.
         pipeline_postproc (bool): ``TrainPipelineSparseDist(pipeline_postproc=...)``: the
             sequential model's negative sampler builds the item KJT inside the forward.
+        load_metadata (Callable): ``path -> metadata`` of a prepared dataset (raises DatasetError).
     """
 
     sequential: bool
@@ -216,6 +218,7 @@ class Family:
     id_tables: Callable[[Any], Dict[str, int]]
     id_features: Callable[[Any], Any]
     pipeline_postproc: bool
+    load_metadata: Callable[[str], Dict[str, Any]]
 
 
 FAMILIES: Dict[str, Family] = {
@@ -225,7 +228,7 @@ FAMILIES: Dict[str, Family] = {
         evaluate=lambda model, ds, ctx, cfg, split: evaluate(model, ds, ctx, cfg.train.eval_batch_size, split),
         train_batches=lambda ds, cfg, rank, ws, start, stop: ds.train_batches(rank, ws, cfg.train.batch_size, start, stop),
         id_tables=lambda ds: dict(zip(ds.feature_names, ds.num_embeddings)),
-        id_features=lambda batch: batch.sparse_features, pipeline_postproc=False,
+        id_features=lambda batch: batch.sparse_features, pipeline_postproc=False, load_metadata=load_metadata,
     ),
     "sequential": Family(
         sequential=True, datasets=tuple(SEQUENCE_DATASETS), synthetic_dataset="synthetic_sequences",
@@ -234,7 +237,7 @@ FAMILIES: Dict[str, Family] = {
         train_batches=lambda ds, cfg, rank, ws, start, stop: ds.train_batches(
             rank, ws, cfg.train.batch_size, start, stop, cfg.model.max_seq_len),
         id_tables=lambda ds: {ITEM_FEATURE: ds.num_items}, id_features=lambda batch: batch.items,
-        pipeline_postproc=True,
+        pipeline_postproc=True, load_metadata=load_sequence_metadata,
     ),
 }  # fmt: skip
 

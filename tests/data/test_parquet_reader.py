@@ -1,9 +1,9 @@
-"""The Parquet reader: disjoint rank shares, exact resume, eval coverage, id checks, URIs."""
+"""The Parquet reader: one global stream for every world size, exact resume, eval coverage, id checks, URIs."""
 
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import pyarrow as pa
@@ -80,21 +80,48 @@ def test_batch_layout(dataset_dir: Path) -> None:
     assert batch.labels.tolist() == (rows % 3 == 0).astype(float).tolist() and len(set(rows)) == 16
 
 
-def test_rank_shares_are_disjoint_and_cover_each_epoch(dataset_dir: Path) -> None:
+def _stream(ds: ParquetDataset, world_size: int, batch_size: int, start: int, stop: int) -> List[List[int]]:
+    """The global batches of steps ``start..stop-1``: the ranks' rows in rank order."""
+    per_rank = [[_rows(b) for b in ds.train_batches(r, world_size, batch_size, start, stop)] for r in range(world_size)]
+    return [[row for rank in per_rank for row in rank[s]] for s in range(stop - start)]
+
+
+def test_lanes_are_disjoint_and_cover_each_epoch(dataset_dir: Path) -> None:
     ds = ParquetDataset(DataConfig(name="parquet", path=str(dataset_dir), seed=3))
-    train_rows = set(range(split_sizes(N)[0]))
+    train = split_sizes(N)[0]
+    assert ds.lanes() == 16 and [ds.lane_rows(lane) for lane in range(16)] == [train // 16] * 16
     for epoch in (0, 1):
-        seen: Dict[int, List[int]] = {}
-        for rank in (0, 1):
-            before = sum(ds.epoch_rows(rank, 2, e) for e in range(epoch))
-            n = ds.epoch_rows(rank, 2, epoch)
-            steps = -(-(before + n) // 16)
-            stream = [r for b in ds.train_batches(rank, 2, 16, 0, steps) for r in _rows(b)]
-            seen[rank] = stream[before : before + n]
-        assert len(set(seen[0])) == len(seen[0]) and len(set(seen[1])) == len(seen[1])  # nothing twice
-        assert not set(seen[0]) & set(seen[1])  # disjoint
-        assert set(seen[0]) | set(seen[1]) == train_rows  # nothing missed
-    assert seen[0] != sorted(seen[0])  # shuffled
+        lanes = [[g.start + r for g, a, z in ds.lane_pieces(lane, epoch) for r in range(a, z)] for lane in range(16)]
+        rows = [r for lane in lanes for r in lane]
+        assert sorted(rows) == list(range(train))  # disjoint, and together the whole split
+    # With G = the split's size, every lane gives its whole epoch to each step: step e is epoch e.
+    for batch in _stream(ds, 1, train, 0, 2):
+        assert sorted(batch) == list(range(train)) and batch != sorted(batch)  # each row once, shuffled
+
+
+@pytest.mark.parametrize("world_size,batch_size", [(2, 16), (4, 8), (3, 10), (40, 1)])
+def test_rank_batches_are_slices_of_the_global_batch(dataset_dir: Path, world_size: int, batch_size: int) -> None:
+    # Rank r reads rows [r*b, (r+1)*b) of the global batch of G = W*b rows, whatever W is:
+    # the W-rank steps equal the one-process steps of batch G. (Until 2026-11-30 rank r of
+    # W read the row groups perm[r::W]: a stream of (W, r), so a restart at another world
+    # size read some rows twice and others never.) 40 ranks exceed the 16 lanes: each
+    # decodes a lane it shares with others, and the stream is still the same.
+    ds = ParquetDataset(DataConfig(name="parquet", path=str(dataset_dir), seed=3))
+    G = world_size * batch_size
+    assert _stream(ds, world_size, batch_size, 0, 30) == _stream(ds, 1, G, 0, 30)
+
+
+@pytest.mark.parametrize("k", [5, 24, 26])
+def test_restart_at_another_world_size_reads_every_row_once(dataset_dir: Path, k: int) -> None:
+    # 2 ranks of batch 16 for steps [0, k), then 1 rank of batch 32 (the same global batch)
+    # for [k, 25): 25 steps of 32 rows are one epoch of the 800 train rows, k = 26 crosses it.
+    ds = ParquetDataset(DataConfig(name="parquet", path=str(dataset_dir), seed=3))
+    before, after = _stream(ds, 2, 16, 0, k), _stream(ds, 1, 32, k, max(k, 25))
+    read = [r for b in before + after for r in b]
+    uninterrupted = [r for b in _stream(ds, 1, 32, 0, max(k, 25)) for r in b]
+    assert read == uninterrupted
+    first_epoch = read[: split_sizes(N)[0]]
+    assert sorted(first_epoch) == list(range(split_sizes(N)[0]))  # every row once, none twice
 
 
 def test_resume_from_any_step_is_exact(dataset_dir: Path) -> None:
@@ -107,15 +134,8 @@ def test_resume_from_any_step_is_exact(dataset_dir: Path) -> None:
     assert all(_same(next(endless), full[s]) for s in range(30, 40))
     other_seed = ParquetDataset(DataConfig(name="parquet", path=str(dataset_dir), seed=1))
     assert not _same(next(iter(other_seed.train_batches(1, 2, 24, 0, 1))), full[0])
-    big = list(ds.train_batches(0, 2, 500, 0, 5))  # batches larger than a shuffle window (8 x 37 rows)
+    big = list(ds.train_batches(0, 2, 500, 0, 5))  # a lane's 62-63 rows a step: more than its epoch (50 rows)
     assert all(_same(a, b) for a, b in zip(big[3:], ds.train_batches(0, 2, 500, 3, 5)))
-    rows = [r for b in big for r in _rows(b)]  # the train split's row i holds "row" i
-    offset = 0
-    for epoch in (0, 1):
-        share = {r for g in ds.epoch_groups(0, 2, epoch) for r in range(g.start, g.start + g.rows)}
-        got = rows[offset : offset + len(share)]
-        assert len(got) == len(set(got)) and set(got) == share  # each epoch's share once, then the next
-        offset += len(share)
 
 
 @pytest.mark.parametrize("world_size,batch_size", [(1, 64), (2, 7), (3, 16), (4, 200)])
@@ -171,7 +191,7 @@ def test_uri_config_and_errors(dataset_dir: Path) -> None:
     assert data.name == "parquet"  # a path alone selects the prepared dataset
     ds = ParquetDataset(data)
     assert len(list(ds.eval_batches("test", 0, 1, 1000))) == 1
-    with pytest.raises(DatasetError, match="fewer than the 40 ranks"):
-        ds.train_batches(0, 40, 8, 0, 1)
+    with pytest.raises(ValueError, match="bad rank 2 of 2"):
+        ds.train_batches(2, 2, 8, 0, 1)
     with pytest.raises(DatasetError, match="is not a directory"):
         ParquetDataset(DataConfig(name="parquet", path=str(dataset_dir / "missing")))

@@ -1,3 +1,6 @@
+from typing import List, Tuple
+
+import pytest
 import torch
 
 from torchrec_me.config import DataConfig
@@ -30,18 +33,47 @@ def test_deterministic_given_seed() -> None:
     assert not torch.equal(_ids(ba), _ids(other))
 
 
-def test_rank_streams_are_disjoint_and_cover_the_single_stream() -> None:
+def _rows(batches) -> List[Tuple[int, ...]]:
+    """One record per sample: its 39 ids and its label (a sample's identity here)."""
+    return [tuple(ids) + (int(y),) for b in batches for ids, y in zip(_ids(b).tolist(), b.labels.tolist())]
+
+
+def test_rank_streams_are_slices_of_the_global_batch() -> None:
+    # Step s is global batch s of G = 2 * 32 samples; rank r takes rows [32r, 32r + 32).
+    # (Until 2026-11-30 rank r took whole global batches r, r + W, ...: a stream that
+    # depended on W, so a restart at another world size re-read some samples.)
     ds = SyntheticCriteo(DataConfig())
     r0 = [_ids(b) for b in ds.train_batches(0, 2, 32, 0, 3)]
     r1 = [_ids(b) for b in ds.train_batches(1, 2, 32, 0, 3)]
-    single = [_ids(b) for b in ds.train_batches(0, 1, 32, 0, 6)]
+    single = [_ids(b) for b in ds.train_batches(0, 1, 64, 0, 3)]
     rows0 = {tuple(r) for t in r0 for r in t.tolist()}
     rows1 = {tuple(r) for t in r1 for r in t.tolist()}
     assert not rows0 & rows1
     for s in range(3):
-        assert torch.equal(r0[s], single[2 * s]) and torch.equal(r1[s], single[2 * s + 1])
+        assert torch.equal(torch.cat([r0[s], r1[s]]), single[s])
     resumed = [_ids(b) for b in ds.train_batches(1, 2, 32, 2, 3)]
     assert torch.equal(resumed[0], r1[2])
+    assert not torch.equal(single[0], _ids(next(ds.train_batches(0, 1, 32, 0, 1))))  # another G, another stream
+
+
+def test_slice_of_a_batch_equals_the_whole_batch_sliced() -> None:
+    ds = SyntheticCriteo(DataConfig(seed=2))
+    whole, prob = ds.batch("train", 4, 96)
+    part, part_prob = ds.batch("train", 4, 96, rows=(40, 72))
+    assert _rows([part]) == _rows([whole])[40:72] and torch.equal(part_prob, prob[40:72])
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_restart_at_another_world_size_continues_the_global_stream(k: int) -> None:
+    # 2 ranks of batch 32 for steps [0, k), then 1 rank of batch 64 (the same global
+    # batch) for [k, 5): the samples read are the one-process stream's, each once.
+    ds = SyntheticCriteo(DataConfig())
+    before = [_rows(ds.train_batches(r, 2, 32, 0, k)) for r in range(2)]
+    after = _rows(ds.train_batches(0, 1, 64, k, 5))
+    read = before[0] + before[1] + after
+    uninterrupted = _rows(ds.train_batches(0, 1, 64, 0, 5))
+    assert sorted(read) == sorted(uninterrupted) and len(set(read)) == len(read) == 5 * 64
+    assert [r for s in range(k) for r in before[0][32 * s : 32 * s + 32] + before[1][32 * s : 32 * s + 32]] == uninterrupted[: 64 * k]
 
 
 def test_positive_rate_zipf_and_teacher_signal() -> None:

@@ -1,5 +1,6 @@
 """The sequential model, its training wrapper and the full-corpus ranking metrics."""
 
+import dataclasses
 import inspect
 import math
 import re
@@ -15,7 +16,7 @@ from torchrec_me.config import ConfigError
 from torchrec_me.data.sequence_batch import SequenceBatch
 from torchrec_me.models.retrieval_metrics import exclude_history, ranking_metrics, target_ranks
 from torchrec_me.models.sequential import SequentialConfig, SequentialModel, SequentialTrain
-from torchrec_me.modules.sequential import NegativeSampler
+from torchrec_me.modules.sequential import EncoderConfig, NegativeSampler
 
 NUM_ITEMS = 40
 
@@ -54,6 +55,15 @@ def test_config_validates_and_names_keys() -> None:
         SequentialConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="model.shared_encoder"):
         SequentialConfig(num_sets=2, set_dims=[8, 12], shared_encoder=True)
+
+
+def test_encoder_config_carries_every_encoder_key() -> None:
+    encoder = EncoderConfig(num_blocks=3, num_heads=2, max_seq_len=7, dropout=0.1, rab="time", attention="softmax",
+                            attention_scale="sqrt_dim", time_bias_source="next", num_time_buckets=9)  # fmt: skip
+    keys = {f.name: getattr(encoder, f.name) for f in dataclasses.fields(EncoderConfig)}
+    config = SequentialConfig(embedding_dim=8, backbone="llama", num_negatives=3, **keys)
+    assert type(config.encoder_config()) is EncoderConfig
+    assert config.encoder_config() == encoder
 
 
 @pytest.mark.parametrize("cls", [SequentialConfig, SequentialModel, SequentialTrain], ids=lambda c: c.__name__)

@@ -3,13 +3,15 @@
 ``data.name=parquet data.path=DIR`` (a local path or any iopath URI) trains on it.
 Table sizes, dense features and bags come from ``metadata.json``.
 
-**Training stream.** The train split is read in ``M = min(16, row groups)`` *lanes*
-(:data:`MAX_LANES`). In epoch ``e`` lane ``l`` owns the row groups ``perm_e[l::M]``,
-where ``perm_e`` is a permutation seeded by ``(data.seed, e)``, so within an epoch the
-lanes' shares are disjoint and together cover the split. A lane takes its groups
-``max(1, shuffle_window // M)`` at a time and shuffles the rows of each such window with
-a generator seeded by ``(data.seed, e, l, M, window)``; its stream is these shuffled
-windows, epoch after epoch, endlessly. None of this depends on the world size.
+**Training stream.** In epoch ``e`` the train row groups are taken in the order of a
+permutation ``perm_e`` seeded by ``(data.seed, e)``, and that sequence of rows is cut
+into ``M = min(16, row groups)`` *lanes* (:data:`MAX_LANES`) of equal size: lane ``l``
+owns its rows ``[l*R/M, (l+1)*R/M)`` (``R`` train rows, rounded down), so within an
+epoch the lanes are disjoint, cover the split, and differ in size by at most one row.
+A lane reads its pieces of row groups ``max(1, shuffle_window // M)`` at a time and
+shuffles the rows of each such window with a generator seeded by
+``(data.seed, e, l, M, window)``; its stream is these shuffled windows, epoch after
+epoch, endlessly. None of this depends on the world size.
 
 A training step with per-rank batch ``b`` on ``W`` ranks reads the global batch
 ``G = b * W``: lane ``l`` contributes the next ``c_l = floor((l+1)G/M) - floor(lG/M)``
@@ -19,14 +21,17 @@ is a function of ``(seed, G, r*b, b, s)``: ``train_batches(start=s)`` resumes ex
 lane skips ``s * c_l`` rows by whole epochs and windows, from the Parquet footers,
 without reading them), every rank has a batch for every step, and a restart at another
 world size with the same ``G`` continues the same global stream, every row of an epoch
-read exactly once across the change.
+read exactly once across the change. All lanes move through their epochs at the same
+pace (exactly when ``M`` divides ``G``), so no row is read twice before every row of the
+epoch has been read once (give or take a step at the epoch's end).
 
 Cost: a rank decodes only the lanes its rows come from. When ``W`` divides ``M`` (1, 2,
 4, 8 or 16 ranks on a split of >= 16 row groups, which ``prepare`` ensures) each lane
-belongs to one rank and nothing is decoded twice; otherwise a lane shared by two ranks
-is decoded by both (at most ``ceil(M/W) + 1`` lanes per rank), and with ``W > M`` each
-rank decodes one lane, ``W/M`` times its share. Memory: one window per lane read, i.e.
-about ``max(shuffle_window, M)`` row groups at ``W = 1`` and ``1/W`` of that per rank.
+belongs to one rank and only the row group a lane shares with its neighbour is decoded
+twice per epoch (``M - 1`` of the split's groups); otherwise a lane shared by two ranks is
+decoded by both, and with ``W > M`` each rank decodes a whole lane, ``W/M`` times its
+share. Memory: one window per lane read, i.e. about ``max(shuffle_window, M)`` row groups
+at ``W = 1`` and ``1/W`` of that per rank.
 
 **Evaluation.** The ``N`` rows of a split are dealt out so that every row is scored
 exactly once and every rank runs the same batches (sharded forwards are collective):
@@ -255,15 +260,25 @@ class ParquetDataset:
         """``M``, the number of lanes the train split is read in (see the module docstring)."""
         return min(MAX_LANES, len(self.row_groups("train")))
 
-    def epoch_groups(self, lane: int, lanes: int, epoch: int) -> List[RowGroup]:
-        """The train row groups lane ``lane`` of ``lanes`` reads in ``epoch``, in reading order."""
-        groups = self.row_groups("train")
-        perm = self._rng(0x7EA1, epoch).permutation(len(groups))
-        return [groups[i] for i in perm[lane::lanes]]
+    def lane_pieces(self, lane: int, epoch: int) -> List[Tuple[RowGroup, int, int]]:
+        """``(row group, first row, end row)`` of each piece of lane ``lane``'s rows in
+        ``epoch``, in reading order (rows counted within the group)."""
+        groups, m = self.row_groups("train"), self.lanes()
+        total = sum(g.rows for g in groups)
+        lo, hi = lane * total // m, (lane + 1) * total // m
+        pieces, offset = [], 0
+        for i in self._rng(0x7EA1, epoch).permutation(len(groups)):
+            g = groups[i]
+            a, z = max(lo, offset), min(hi, offset + g.rows)
+            if a < z:
+                pieces.append((g, a - offset, z - offset))
+            offset += g.rows
+        return pieces
 
-    def epoch_rows(self, lane: int, lanes: int, epoch: int) -> int:
-        """Rows of lane ``lane``'s share of the train split in ``epoch``."""
-        return sum(g.rows for g in self.epoch_groups(lane, lanes, epoch))
+    def lane_rows(self, lane: int) -> int:
+        """Rows of lane ``lane`` in every epoch."""
+        total, m = sum(g.rows for g in self.row_groups("train")), self.lanes()
+        return (lane + 1) * total // m - lane * total // m
 
     def lane_bounds(self, global_batch: int) -> List[int]:
         """``M + 1`` offsets: lane ``l`` fills rows ``[bounds[l], bounds[l+1])`` of every global batch."""
@@ -274,18 +289,16 @@ class ParquetDataset:
         """Lane ``lane``'s stream of shuffled windows, from its row ``skip`` on, endlessly."""
         m = self.lanes()
         per_window = max(1, self.shuffle_window // m)
-        epoch = 0
-        while skip >= (n := self.epoch_rows(lane, m, epoch)):
-            skip, epoch = skip - n, epoch + 1
+        epoch, skip = divmod(skip, self.lane_rows(lane))
         while True:
-            groups = self.epoch_groups(lane, m, epoch)
-            for w in range(0, len(groups), per_window):
-                window = groups[w : w + per_window]
-                rows = sum(g.rows for g in window)
+            pieces = self.lane_pieces(lane, epoch)
+            for w in range(0, len(pieces), per_window):
+                window = pieces[w : w + per_window]
+                rows = sum(z - a for _, a, z in window)
                 if skip >= rows:
                     skip -= rows
                     continue
-                block = Block.concat([read(g) for g in window])
+                block = Block.concat([read(g).slice(a, z) for g, a, z in window])
                 block = block.take(self._rng(0x5BFF, epoch, lane, m, w).permutation(rows))
                 yield block.slice(skip, rows)
                 skip = 0

@@ -85,6 +85,25 @@ def join(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name
 
 
+def read_metadata_json(path: str, command: str) -> Any:
+    """The parsed ``metadata.json`` of the dataset directory ``path`` written by ``command``.
+
+    Raises:
+        DatasetError: no such directory, no ``metadata.json`` (not prepared, or an
+            interrupted ``command``), or invalid JSON.
+    """
+    meta_path = join(path, METADATA_FILE)
+    if not PATH_MANAGER.isdir(path):
+        raise DatasetError(f"{path} is not a directory; expected a dataset written by `{command}`")
+    if not PATH_MANAGER.isfile(meta_path):
+        raise DatasetError(f"{path} has no {METADATA_FILE}: not a dataset written by `{command}`, or an interrupted one")
+    with PATH_MANAGER.open(meta_path, "r") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{meta_path} is not valid JSON ({e})") from None
+
+
 def load_metadata(path: str) -> Dict[str, Any]:
     """The metadata of the prepared dataset at ``path`` (directory or URI).
 
@@ -92,18 +111,8 @@ def load_metadata(path: str) -> Dict[str, Any]:
         DatasetError: no such directory, no ``metadata.json`` (not prepared, or an
             interrupted ``prepare``), or metadata of another format or version.
     """
+    meta = read_metadata_json(path, "torchrec-me prepare")
     meta_path = join(path, METADATA_FILE)
-    if not PATH_MANAGER.isdir(path):
-        raise DatasetError(f"{path} is not a directory; expected a dataset written by `torchrec-me prepare`")
-    if not PATH_MANAGER.isfile(meta_path):
-        raise DatasetError(
-            f"{path} has no {METADATA_FILE}: not a dataset written by `torchrec-me prepare`, or an interrupted one"
-        )
-    with PATH_MANAGER.open(meta_path, "r") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{meta_path} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{meta_path} is not {FORMAT_NAME} metadata")
     if meta.get("format_version") not in SUPPORTED_VERSIONS:

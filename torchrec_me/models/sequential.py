@@ -16,7 +16,7 @@ while 52 / 2 = 26 is not a multiple of 4; and 48 never gives our model more capa
 than the published one.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -40,8 +40,15 @@ from torchrec_me.modules.sequential.loss import SampledSoftmaxLoss
 
 
 @dataclass(frozen=True)
-class SequentialConfig:
+class SequentialConfig(EncoderConfig):
     """What a sequential model is: backbone, K item sets, encoder and loss settings.
+
+    The encoder settings (``num_blocks``, ``num_heads``, ``max_seq_len``, ``dropout``,
+    ``rab``, ``attention``, ``attention_scale``, ``time_bias_source``,
+    ``num_time_buckets``) are :class:`EncoderConfig`'s fields, inherited: one definition,
+    one validation, and :meth:`encoder_config` hands them to the stacks. Every set dim
+    must be divisible by ``num_heads``; the training window is one longer than
+    ``max_seq_len``. The fields added here:
 
     Args:
         backbone (str): ``hstu``, ``sasrec`` or ``llama`` (``ENCODER_REGISTRY``).
@@ -50,17 +57,6 @@ class SequentialConfig:
             published 50, see the module docstring).
         set_dims (Optional[List[int]]): heterogeneous set dims, one per set, overriding
             ``embedding_dim``.
-        num_blocks (int): encoder blocks.
-        num_heads (int): attention heads; every set dim divisible by it.
-        max_seq_len (int): longest input row (the training window is one longer).
-        dropout (float): dropout rate.
-        rab (str): HSTU relative attention bias: ``none``, ``position``, ``time``, ``both``.
-        attention (str): HSTU attention: ``silu`` or ``softmax``.
-        attention_scale (str): HSTU SiLU scale: ``length`` (1/n, the reference) or
-            ``sqrt_dim`` (1/sqrt(d) on q k^T).
-        time_bias_source (str): HSTU time gap: ``seen`` (t_i - t_j) or ``next``
-            (t_{i+1} - t_j, the reference's; reads the target's time).
-        num_time_buckets (int): log buckets of the time gap.
         shared_encoder (bool): one encoder for all K sets (ablation; equal dims).
         num_negatives (int): M uniform negatives (per row of the batch).
         temperature (float): softmax temperature.
@@ -76,15 +72,6 @@ class SequentialConfig:
     num_sets: int = 1
     embedding_dim: int = 48
     set_dims: Optional[List[int]] = None
-    num_blocks: int = 2
-    num_heads: int = 1
-    max_seq_len: int = 200
-    dropout: float = 0.2
-    rab: str = "both"
-    attention: str = "silu"
-    attention_scale: str = "length"
-    time_bias_source: str = "seen"
-    num_time_buckets: int = 128
     shared_encoder: bool = False
     num_negatives: int = 128
     temperature: float = 0.05
@@ -105,27 +92,17 @@ class SequentialConfig:
             raise ConfigError(f"config key 'model.shared_encoder': needs equal set dims, got {self.dims()}")
         if not self.temperature > 0:
             raise ConfigError(f"config key 'model.temperature': must be > 0, got {self.temperature}")
-        encoder = self.encoder_config()
+        super().__post_init__()
         for dim in self.dims():
-            encoder.check_dim(dim)
+            self.check_dim(dim)
 
     def dims(self) -> List[int]:
         """The K set dims D_k."""
         return list(self.set_dims) if self.set_dims is not None else [self.embedding_dim] * self.num_sets
 
     def encoder_config(self) -> EncoderConfig:
-        """The encoders' share of this config (validated there)."""
-        return EncoderConfig(
-            num_blocks=self.num_blocks,
-            num_heads=self.num_heads,
-            max_seq_len=self.max_seq_len,
-            dropout=self.dropout,
-            rab=self.rab,
-            attention=self.attention,
-            attention_scale=self.attention_scale,
-            time_bias_source=self.time_bias_source,
-            num_time_buckets=self.num_time_buckets,
-        )
+        """The encoders' share of this config, as a plain :class:`EncoderConfig`."""
+        return EncoderConfig(**{f.name: getattr(self, f.name) for f in fields(EncoderConfig)})
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""The SequenceBatch contract of both readers: ids, lengths, resume, rank shares, evaluation."""
+"""The SequenceBatch contract of both readers: ids, lengths, resume, one global stream, evaluation."""
 
 import collections
+import dataclasses
 from typing import List
 
 import numpy as np
@@ -64,16 +65,37 @@ def test_resume_is_exact_and_deterministic(reader: SequenceReader) -> None:
     assert not _same(full[0], other_rank)
 
 
+def _global_rows(reader: SequenceReader, world_size: int, batch_size: int, start: int, stop: int) -> List[int]:
+    """Window ids of steps ``start..stop-1``, each step's ranks in rank order."""
+    return [w for s in range(start, stop) for r in range(world_size)
+            for w in reader.train_rows(s, r, world_size, batch_size, S).tolist()]  # fmt: skip
+
+
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_rank_shares_of_an_epoch_are_disjoint_and_cover_it(reader: SequenceReader, world_size: int) -> None:
+def test_rank_batches_are_slices_of_one_global_stream(reader: SequenceReader, world_size: int) -> None:
+    # Rank r reads positions [s*G + r*b, s*G + (r+1)*b) of one stream of epoch permutations,
+    # G = W*b. (Until 2026-11-30 rank r of W read perm[r::W]: a stream of (W, r), so a
+    # restart at another world size read some windows twice and others never.)
     n = len(reader.windows(S)[0])
-    shares = []
-    for rank in range(world_size):
-        share = len(range(rank, n, world_size))
-        shares.append(reader.train_rows(0, rank, world_size, share, S))  # one step = the whole epoch share
-    union = np.concatenate(shares)
-    assert sorted(union.tolist()) == list(range(n))
-    assert not np.array_equal(shares[0], np.sort(shares[0]))  # shuffled
+    b = 7
+    steps = -(-2 * n // (world_size * b))  # two epochs
+    rows = _global_rows(reader, world_size, b, 0, steps)
+    assert rows == _global_rows(reader, 1, world_size * b, 0, steps)
+    assert sorted(rows[:n]) == list(range(n)) and sorted(rows[n : 2 * n]) == list(range(n))  # each epoch once
+    assert rows[:n] != sorted(rows[:n]) and rows[:n] != rows[n : 2 * n]  # shuffled, anew each epoch
+    users, _, _ = reader.windows(S)
+    batch = next(reader.train_batches(world_size - 1, world_size, b, start=1, stop=2, max_seq_len=S))
+    assert batch.users.tolist() == users[reader.train_rows(1, world_size - 1, world_size, b, S)].tolist()
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_restart_at_another_world_size_reads_every_window_once(reader: SequenceReader, k: int) -> None:
+    # 2 ranks of batch 8 for steps [0, k), then 1 rank of batch 16 (the same global batch):
+    # the windows read are the one-process stream's, none twice within the epoch.
+    n = len(reader.windows(S)[0])
+    steps = n // 16
+    read = _global_rows(reader, 2, 8, 0, k) + _global_rows(reader, 1, 16, k, steps)
+    assert read == _global_rows(reader, 1, 16, 0, steps) and len(set(read)) == len(read) == 16 * steps
 
 
 def test_synthetic_is_deterministic(synthetic_small: SyntheticSequences) -> None:
@@ -129,8 +151,11 @@ def test_last_window_and_bad_arguments(prepared: SequenceReader) -> None:
         ReadOptions(train_windows="random")
     with pytest.raises(DatasetError, match="max_seq_len"):
         next(prepared.train_batches(0, 1, 4, max_seq_len=0))
-    with pytest.raises(DatasetError, match="cannot feed"):
-        next(prepared.train_batches(9_999, 10_000, 4, max_seq_len=S))
+    no_windows = dataclasses.replace(prepared.table, train_len=np.minimum(prepared.table.train_len, 1))
+    with pytest.raises(DatasetError, match="there is no training window"):
+        next(SequenceReader(no_windows, prepared.num_items, True).train_batches(0, 1, 4, max_seq_len=S))
+    with pytest.raises(DatasetError, match="rank 2 is outside a world of 2"):
+        next(prepared.train_batches(2, 2, 4, max_seq_len=S))
     with pytest.raises(DatasetError, match="unknown evaluation split"):
         next(prepared.eval_batches("train", 0, 1, 4))
     train_only = int(np.flatnonzero(prepared.table.targets["val"] < 0)[0])

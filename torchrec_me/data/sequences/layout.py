@@ -28,12 +28,11 @@ CTR layout; the converter (:mod:`.prepare`) imports them.
 """
 
 import hashlib
-import json
 from typing import Any, Dict, Iterable, Tuple
 
 import pyarrow as pa
 
-from torchrec_me.data.store import METADATA_FILE, PATH_MANAGER, DatasetError, join
+from torchrec_me.data.store import METADATA_FILE, PATH_MANAGER, DatasetError, join, read_metadata_json
 
 FORMAT_NAME = "torchrec_me.sequences"
 FORMAT_VERSION = 1
@@ -80,16 +79,8 @@ def load_sequence_metadata(path: str) -> Dict[str, Any]:
         DatasetError: no such directory, no ``metadata.json`` (not prepared, or an
             interrupted ``prepare``), or metadata of another format or version.
     """
+    meta = read_metadata_json(path, "torchrec-me prepare sequences")
     meta_path = join(path, METADATA_FILE)
-    if not PATH_MANAGER.isdir(path):
-        raise DatasetError(f"{path} is not a directory; expected a dataset written by `torchrec-me prepare sequences`")
-    if not PATH_MANAGER.isfile(meta_path):
-        raise DatasetError(f"{path} has no {METADATA_FILE}: not a prepared sequence dataset, or an interrupted prepare")
-    with PATH_MANAGER.open(meta_path, "r") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{meta_path} is not valid JSON ({e})") from None
     found = meta.get("format") if isinstance(meta, dict) else None
     if found != FORMAT_NAME:
         raise DatasetError(f"{meta_path} is {found or 'unknown'} metadata, not {FORMAT_NAME} (`prepare sequences`)")

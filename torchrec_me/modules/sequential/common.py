@@ -7,7 +7,7 @@ separate key-padding mask is needed.
 """
 
 import math
-from typing import Optional
+from typing import Optional, Type
 
 import torch
 from torch import nn
@@ -86,9 +86,11 @@ class SequenceEncoder(nn.Module):
 
     Every stack maps right-padded item embeddings (B, L, D) to one hidden state per
     position (B, L, D), causally: the state at ``i`` reads items ``0..i`` only. The
-    sequential model L2-normalises these states into user vectors. Subclasses build
-    ``self.input``, ``self.blocks`` (each called as ``block(x, timestamps,
-    next_timestamps)``) and ``self.final_norm`` in ``_build``.
+    sequential model L2-normalises these states into user vectors. A subclass only names
+    its parts: ``block_type``, built ``config.num_blocks`` times as ``block_type(dim,
+    config)`` and called as ``block(x, timestamps, next_timestamps)``;
+    ``absolute_positions``, whether the input layer adds learned positions; and
+    ``_final_norm``, the norm after the last block (none by default).
 
     Args:
         dim (int): D, the set's embedding dim.
@@ -104,16 +106,20 @@ class SequenceEncoder(nn.Module):
         out = encoder(torch.randn(1, 3, 8), mask, ts, ts)  # (1, 3, 8)
     """
 
+    block_type: Type[nn.Module]
+    absolute_positions: bool = True
+
     def __init__(self, dim: int, config: EncoderConfig) -> None:
         super().__init__()
         self.dim = dim
         self.config = config
-        self.final_norm: nn.Module = nn.Identity()
-        self._build(dim, config)
+        self.final_norm = self._final_norm(dim)
+        self.input = SequenceInput(dim, config, positions=self.absolute_positions)
+        self.blocks = nn.ModuleList(self.block_type(dim, config) for _ in range(config.num_blocks))
 
-    def _build(self, dim: int, config: EncoderConfig) -> None:
-        """Create ``self.input``, ``self.blocks`` and, if any, ``self.final_norm``."""
-        raise NotImplementedError
+    def _final_norm(self, dim: int) -> nn.Module:
+        """The norm applied to the last block's output."""
+        return nn.Identity()
 
     def forward(
         self,
@@ -126,7 +132,8 @@ class SequenceEncoder(nn.Module):
         Args:
             embeddings (torch.Tensor): (B, L, D) item embeddings, right-padded.
             mask (torch.Tensor): (B, L) bool, True at valid positions.
-            timestamps (torch.Tensor): (B, L) int64 time of each input item.
+            timestamps (torch.Tensor): (B, L) int64 time of each input item (read only
+                by HSTU's time bias).
             next_timestamps (torch.Tensor): (B, L) int64 time of the item each position
                 predicts (read only by HSTU's ``time_bias_source=next``).
 

@@ -2,7 +2,8 @@
 
 Encoders take ``(dim, config)`` rather than a dozen keyword arguments (TorchRec's
 module linter allows at most five constructor arguments). ``SequentialConfig`` in
-:mod:`torchrec_me.models.sequential` holds the user-facing keys and builds this object.
+:mod:`torchrec_me.models.sequential` inherits these fields, adds the model's own keys and
+hands the encoders a plain copy of this object.
 """
 
 from dataclasses import dataclass

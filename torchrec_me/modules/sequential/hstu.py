@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchrec_me.modules.sequential.common import SequenceEncoder, SequenceInput, causal_mask
+from torchrec_me.modules.sequential.common import SequenceEncoder, causal_mask
 from torchrec_me.modules.sequential.config import RAB_PARTS, EncoderConfig
 
 LAYER_NORM_EPS = 1e-6
@@ -150,8 +150,8 @@ class HSTUBlock(nn.Module):
     Example::
 
         block = HSTUBlock(8, EncoderConfig(num_heads=2, max_seq_len=4))
-        ts = torch.zeros(2, 3, dtype=torch.long)
-        y = block(torch.randn(2, 3, 8), ts, ts)  # (2, 3, 8)
+        ts = torch.tensor([[0, 10, 1000], [5, 6, 7]])  # seconds, read by the relative bias
+        y = block(torch.randn(2, 3, 8), ts, ts.roll(-1, dims=1))  # (2, 3, 8)
     """
 
     def __init__(self, dim: int, config: EncoderConfig) -> None:
@@ -196,6 +196,7 @@ class HSTUEncoder(SequenceEncoder):
     """HSTU stack: input layer (``e * sqrt(D)`` + learned positions, dropout), blocks.
 
     No final norm: the sequential model L2-normalises the output, as the reference does.
+    The only stack that reads timestamps (through each block's :class:`RelativeBias`).
 
     Args:
         dim (int): D, the set's embedding dim.
@@ -203,28 +204,10 @@ class HSTUEncoder(SequenceEncoder):
 
     Example::
 
-        encoder = HSTUEncoder(8, EncoderConfig(num_blocks=2, max_seq_len=4))
-        mask = torch.tensor([[True, True, False]])
-        ts = torch.tensor([[0, 60, 0]])
-        out = encoder(torch.randn(1, 3, 8), mask, ts, ts)  # (1, 3, 8)
+        encoder = HSTUEncoder(8, EncoderConfig(num_blocks=2, max_seq_len=4, rab="time"))
+        seconds = torch.tensor([[0, 60, 3600]])  # the time bias reads the gaps t_i - t_j
+        valid = torch.ones(1, 3, dtype=torch.bool)
+        out = encoder(torch.randn(1, 3, 8), valid, seconds, seconds)  # (1, 3, 8)
     """
 
-    def _build(self, dim: int, config: EncoderConfig) -> None:
-        self.input = SequenceInput(dim, config, positions=True)
-        self.blocks = nn.ModuleList(HSTUBlock(dim, config) for _ in range(config.num_blocks))
-
-    def forward(
-        self, embeddings: torch.Tensor, mask: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor
-    ) -> torch.Tensor:
-        """
-        Args:
-            embeddings (torch.Tensor): (B, L, D) item embeddings, right-padded.
-            mask (torch.Tensor): (B, L) bool, True at valid positions.
-            timestamps (torch.Tensor): (B, L) int64 time of each input item.
-            next_timestamps (torch.Tensor): (B, L) int64 time of the item each position
-                predicts.
-
-        Returns:
-            torch.Tensor: (B, L, D) hidden states, zero at the padding.
-        """
-        return super().forward(embeddings, mask, timestamps, next_timestamps)
+    block_type = HSTUBlock

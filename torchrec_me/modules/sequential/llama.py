@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchrec_me.modules.sequential.common import SequenceEncoder, SequenceInput
+from torchrec_me.modules.sequential.common import SequenceEncoder
 from torchrec_me.modules.sequential.config import EncoderConfig
 
 RMS_NORM_EPS = 1e-6
@@ -74,9 +74,9 @@ class LlamaBlock(nn.Module):
 
     Example::
 
-        block = LlamaBlock(8, EncoderConfig(num_heads=2, max_seq_len=4))
-        ts = torch.zeros(2, 3, dtype=torch.long)
-        y = block(torch.randn(2, 3, 8), ts, ts)  # (2, 3, 8)
+        block = LlamaBlock(8, EncoderConfig(num_heads=2, max_seq_len=4))  # d = 4, even
+        unused = torch.zeros(2, 3, dtype=torch.long)  # positions are rotary, no timestamps
+        y = block(torch.randn(2, 3, 8), unused, unused)  # (2, 3, 8)
     """
 
     def __init__(self, dim: int, config: EncoderConfig) -> None:
@@ -117,8 +117,8 @@ class LlamaBlock(nn.Module):
 
 
 class LlamaEncoder(SequenceEncoder):
-    """Llama-style stack: input layer (``e * sqrt(D)``, dropout; no absolute positions),
-    blocks, final RMSNorm.
+    """Llama-style stack: input layer (``e * sqrt(D)``, dropout; no absolute positions:
+    they are rotary, inside the blocks), blocks, final RMSNorm.
 
     Args:
         dim (int): D, the set's embedding dim.
@@ -126,28 +126,14 @@ class LlamaEncoder(SequenceEncoder):
 
     Example::
 
-        encoder = LlamaEncoder(8, EncoderConfig(num_blocks=2, max_seq_len=4))
-        mask = torch.tensor([[True, True, False]])
-        ts = torch.zeros(1, 3, dtype=torch.long)
-        out = encoder(torch.randn(1, 3, 8), mask, ts, ts)  # (1, 3, 8)
+        encoder = LlamaEncoder(8, EncoderConfig(num_heads=2, max_seq_len=4))  # d = 4, even
+        x, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+        ts = torch.zeros_like(mask, dtype=torch.long)  # unused: positions are rotary
+        out = encoder(x, mask, ts, ts)  # (2, 3, 8)
     """
 
-    def _build(self, dim: int, config: EncoderConfig) -> None:
-        self.input = SequenceInput(dim, config, positions=False)
-        self.blocks = nn.ModuleList(LlamaBlock(dim, config) for _ in range(config.num_blocks))
-        self.final_norm = nn.RMSNorm(dim, eps=RMS_NORM_EPS)
+    block_type = LlamaBlock
+    absolute_positions = False
 
-    def forward(
-        self, embeddings: torch.Tensor, mask: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor
-    ) -> torch.Tensor:
-        """
-        Args:
-            embeddings (torch.Tensor): (B, L, D) item embeddings, right-padded.
-            mask (torch.Tensor): (B, L) bool, True at valid positions.
-            timestamps (torch.Tensor): (B, L) unused.
-            next_timestamps (torch.Tensor): (B, L) unused.
-
-        Returns:
-            torch.Tensor: (B, L, D) hidden states, zero at the padding.
-        """
-        return super().forward(embeddings, mask, timestamps, next_timestamps)
+    def _final_norm(self, dim: int) -> nn.Module:
+        return nn.RMSNorm(dim, eps=RMS_NORM_EPS)

@@ -10,7 +10,7 @@ closes the stack. Shape letters as in :mod:`torchrec_me.modules.sequential`.
 import torch
 from torch import nn
 
-from torchrec_me.modules.sequential.common import SequenceEncoder, SequenceInput, causal_mask
+from torchrec_me.modules.sequential.common import SequenceEncoder, causal_mask
 from torchrec_me.modules.sequential.config import EncoderConfig
 
 # The original implementation's LayerNorm epsilon.
@@ -79,27 +79,12 @@ class SASRecEncoder(SequenceEncoder):
     Example::
 
         encoder = SASRecEncoder(8, EncoderConfig(num_blocks=2, max_seq_len=4))
-        mask = torch.tensor([[True, True, False]])
-        ts = torch.zeros(1, 3, dtype=torch.long)
-        out = encoder(torch.randn(1, 3, 8), mask, ts, ts)  # (1, 3, 8)
+        mask = torch.tensor([[True, True, False]])  # a row of 2 items padded to 3
+        unused = torch.zeros(1, 3, dtype=torch.long)  # SASRec reads no timestamps
+        out = encoder(torch.randn(1, 3, 8), mask, unused, unused)  # (1, 3, 8), out[0, 2] == 0
     """
 
-    def _build(self, dim: int, config: EncoderConfig) -> None:
-        self.input = SequenceInput(dim, config, positions=True)
-        self.blocks = nn.ModuleList(SASRecBlock(dim, config) for _ in range(config.num_blocks))
-        self.final_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+    block_type = SASRecBlock
 
-    def forward(
-        self, embeddings: torch.Tensor, mask: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor
-    ) -> torch.Tensor:
-        """
-        Args:
-            embeddings (torch.Tensor): (B, L, D) item embeddings, right-padded.
-            mask (torch.Tensor): (B, L) bool, True at valid positions.
-            timestamps (torch.Tensor): (B, L) unused.
-            next_timestamps (torch.Tensor): (B, L) unused.
-
-        Returns:
-            torch.Tensor: (B, L, D) hidden states, zero at the padding.
-        """
-        return super().forward(embeddings, mask, timestamps, next_timestamps)
+    def _final_norm(self, dim: int) -> nn.Module:
+        return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
