@@ -22,7 +22,7 @@ from torchrec_me.analysis.frequency import IdFrequencyTracker
 from torchrec_me.analysis.report import collapse_report, ia_log_record
 from torchrec_me.config import RESUMABLE_KEYS, Config, ConfigError, changed_keys
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.distributed.sharding import restart_attempt
+from torchrec_me.distributed.sharding import restart_attempt, sync_batchnorm_stats
 from torchrec_me.job import Job, dataset_signature
 from torchrec_me.run_dir import RunDir
 
@@ -127,6 +127,7 @@ class Checkpointer:
     def save(self, best: bool = False) -> None:
         if self.run.path is None:
             return
+        sync_batchnorm_stats(self.job.model)
         meta = {**self.state.meta(), "config": self.job.cfg.to_dict(),
                 "dataset": dataset_signature(self.job.family, self.job.dataset)}  # fmt: skip
         extra = {"id_counts": self.tracker.synced().flat_counts().cpu()}
@@ -185,6 +186,7 @@ class Validator:
 
     def _evaluate(self, split: str) -> Dict[str, float]:
         job = self.job
+        sync_batchnorm_stats(job.model)
         return job.family.evaluate(job.model, job.dataset, job.ctx, job.cfg, split)
 
     def validate_if_due(self) -> None:

@@ -158,6 +158,7 @@ def test_checkpoint_from_two_ranks_loads_on_one(runs: Dict[str, Any]) -> None:
 def test_incomplete_checkpoint_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = ckpt.step_path(tmp_path, 10)
     good.mkdir(parents=True)
+    (good / ckpt.META).write_text(json.dumps({"step": 10, "files": {}}))
     (good / ckpt.COMPLETE).write_text("")
     torn = ckpt.step_path(tmp_path, 20)
     torn.mkdir()

@@ -148,6 +148,7 @@ def test_train_runs_module_with_overrides_and_options() -> None:
         "configs/default.yaml",
         "--run-dir",
         "/ckpt/run1",
+        "--resume",
         "--metrics-out",
         "/ckpt/run1/m.json",
         "--no-progress",
@@ -173,6 +174,7 @@ def test_train_env_resources_retries_rdzv() -> None:
             gpu=4,
             memMB=32768,
             max_retries=3,
+            run_dir="/ckpt/run2",
             rdzv_port=29999,
             image="registry.example/torchrec-me:cuda",
         )
@@ -232,4 +234,4 @@ def test_cli_parsing_passes_everything_after_double_dash() -> None:
     assert role.num_replicas == 2
     assert role.env["A"] == "1" and role.env["B"] == "2"
     cmd = _torchrun_cmd(role)
-    assert cmd[cmd.index("torchrec_me.train") + 1 :] == ["--no-progress", "train.steps=20", "--run-dir", "d"]
+    assert cmd[cmd.index("torchrec_me.train") + 1 :] == ["--resume", "--no-progress", "train.steps=20", "--run-dir", "d"]

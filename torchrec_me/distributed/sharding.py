@@ -216,3 +216,21 @@ def load_unsharded_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) 
                 shard.tensor.copy_(source[index])
         else:
             target.copy_(source)
+
+
+@torch.no_grad()
+def sync_batchnorm_stats(model: nn.Module) -> None:
+    """Collective: average every BatchNorm's running mean and variance over the ranks.
+
+    TorchRec's data-parallel wrapper does not broadcast buffers, so each rank's running
+    statistics follow its own batches. Training uses batch statistics and is unaffected,
+    but evaluation and checkpoints use the running ones: averaging them before each makes
+    every rank evaluate the same model and a checkpoint (which keeps rank 0's copy) hold it.
+    """
+    if dist.get_world_size() == 1:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(dist.get_world_size())
