@@ -29,8 +29,8 @@ SPLIT_FRACTIONS: Tuple[float, float, float] = (0.8, 0.1, 0.1)
 SPLIT_MODES: Tuple[str, ...] = ("random", "time")
 DEFAULT_ROW_GROUP_SIZE = 16384
 DEFAULT_BLOCK_SIZE = 16 << 20
-# The reader gives each rank whole row groups: a train split of fewer groups than this
-# gets smaller groups, so that small datasets still train on several ranks.
+# The reader cuts each epoch into up to 16 lanes of row groups (see data/parquet.py): a
+# train split of fewer groups than this gets smaller groups, so every lane has one.
 MIN_TRAIN_ROW_GROUPS = 16
 MAX_EXAMPLES = 3
 

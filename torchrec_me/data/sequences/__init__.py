@@ -14,7 +14,7 @@ skip log and atomic output from :mod:`torchrec_me.data.prepare`):
 The reader half (never imports the converter):
 
 * :mod:`.layout`: file names, schemas, metadata loading, the vocabulary fingerprint;
-* :mod:`.reader`: :class:`~.reader.SequenceReader`, the training windows, rank shares and
+* :mod:`.reader`: :class:`~.reader.SequenceReader`, the training windows, the global training stream (each rank a slice of it) and
   evaluation batches both readers share;
 * :mod:`.dataset`: :class:`~.dataset.SequenceDataset`, a prepared directory;
 * :mod:`.synthetic`: :class:`~.synthetic.SyntheticSequences`, the generated default with an
