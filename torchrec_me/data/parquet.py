@@ -72,7 +72,7 @@ from torchrec.datasets.utils import Batch
 from torchrec_me.config import DataConfig
 from torchrec_me.data.blocks import Block, Layout, check_footer, read_row_group, to_batch
 from torchrec_me.data.store import (
-    FINGERPRINT_KEY, PATH_MANAGER, SPLITS, VOCAB_FILE, DatasetError, join, load_metadata, unreadable,
+    FINGERPRINT_KEY, PATH_MANAGER, SPLITS, VOCAB_FILE, DatasetError, deal_rows, join, load_metadata, unreadable,
     vocab_fingerprint,
 )  # fmt: skip
 
@@ -338,13 +338,7 @@ class ParquetDataset:
         n = sum(g.rows for g in self.row_groups(split))
         if n == 0:
             raise DatasetError(f"the {split} split of {self.path} has no rows")
-        q = n // world_size
-        lo = rank * q
-        ranges = [(lo + a, lo + min(a + batch_size, q), True) for a in range(0, q, batch_size)]
-        if n - world_size * q:
-            extra = world_size * q + rank
-            ranges.append((extra, extra + 1, True) if extra < n else (0, 1, False))
-        return ranges
+        return deal_rows(n, rank, world_size, batch_size)
 
     def _eval_stream(self, split: str, ranges: List[Tuple[int, int, bool]]) -> Iterator[Tuple[Batch, None, bool]]:
         groups = self.row_groups(split)

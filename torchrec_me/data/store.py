@@ -184,3 +184,19 @@ def vocab_fingerprint(vocab_path: str, sparse_features: Sequence[Mapping[str, An
 
 def _id_range(ids: np.ndarray) -> str:
     return f"{int(ids.min())}..{int(ids.max())}" if len(ids) else "none"
+
+
+def deal_rows(n: int, rank: int, world_size: int, batch_size: int) -> List[Tuple[int, int, bool]]:
+    """``(first row, end row, is_real)`` of rank ``rank``'s eval batches over ``n`` rows.
+
+    The rule of every prepared-data reader (CTR Parquet, sequences): contiguous shares of
+    ``n // world_size`` rows in batches of ``batch_size``, then one batch of one row per
+    rank for the remainder, a rank without such a row repeating row 0 with ``is_real=False``.
+    """
+    q = n // world_size
+    lo = rank * q
+    ranges = [(lo + a, lo + min(a + batch_size, q), True) for a in range(0, q, batch_size)]
+    if n - world_size * q:
+        extra = world_size * q + rank
+        ranges.append((extra, extra + 1, True) if extra < n else (0, 1, False))
+    return ranges

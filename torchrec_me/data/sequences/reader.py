@@ -57,7 +57,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from torchrec_me.data.sequence_batch import ITEM_FEATURE, SequenceBatch
 from torchrec_me.data.sequences.layout import EVAL_SPLITS
-from torchrec_me.data.store import DatasetError
+from torchrec_me.data.store import DatasetError, deal_rows
 
 DEFAULT_MAX_SEQ_LEN = 200
 Windows = Tuple[np.ndarray, np.ndarray, np.ndarray]  # users, starts, ends, each (R,) int64
@@ -163,22 +163,6 @@ def gather(
     first = offsets[users] + starts
     index = np.arange(int(lengths.sum())) + np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
     return index, lengths
-
-
-def deal_rows(n: int, rank: int, world_size: int, batch_size: int) -> List[Tuple[int, int, bool]]:
-    """``(first row, end row, is_real)`` of rank ``rank``'s eval batches over ``n`` rows.
-
-    The CTR Parquet reader's rule (see the module docstring): contiguous shares of
-    ``n // world_size`` rows in batches of ``batch_size``, then one batch of one row per
-    rank for the remainder, a rank without such a row repeating row 0 with ``is_real=False``.
-    """
-    q = n // world_size
-    lo = rank * q
-    ranges = [(lo + a, lo + min(a + batch_size, q), True) for a in range(0, q, batch_size)]
-    if n - world_size * q:
-        extra = world_size * q + rank
-        ranges.append((extra, extra + 1, True) if extra < n else (0, 1, False))
-    return ranges
 
 
 class SequenceReader:
