@@ -64,9 +64,8 @@ class DataConfig:
         """Raise a ConfigError naming the first key out of range."""
         _check_at_least("data", {"val_samples": self.val_samples, "max_cardinality": self.max_cardinality,
                                  "teacher_dim": self.teacher_dim}, 1)  # fmt: skip
-        _check_finite("data", {"positive_rate": self.positive_rate}, 0.0, 1.0, high_open=True)
-        if self.positive_rate == 0.0:
-            _fail("data.positive_rate", "must be in (0, 1), got 0.0")
+        if not 0.0 < self.positive_rate < 1.0:  # NaN fails too
+            _fail("data.positive_rate", f"must be in (0, 1), got {self.positive_rate!r}")
         _check_positive_finite("data", {"cardinality_scale": self.cardinality_scale, "zipf_alpha": self.zipf_alpha})
 
 
@@ -463,11 +462,14 @@ RESUMABLE_KEYS = frozenset({
 def changed_keys(saved: Mapping[str, Any], cfg: Config) -> List[str]:
     """``SECTION.NAME`` keys whose value in ``cfg`` differs from the ``saved`` dict
     (``Config.to_dict()`` of a checkpoint), excluding :data:`RESUMABLE_KEYS`."""
-    now = cfg.to_dict()
+    now, defaults = cfg.to_dict(), Config().to_dict()
     keys = {f"{sec}.{name}" for part in (saved, now) for sec, values in part.items() for name in values}
+
     def get(d: Mapping[str, Any], key: str) -> Any:
         sec, _, name = key.partition(".")
-        return d.get(sec, {}).get(name, "<absent>")
+        # A key the saved config lacks was added later: it had its default's behaviour.
+        return d.get(sec, {}).get(name, defaults.get(sec, {}).get(name, "<absent>"))
+
     return sorted(k for k in keys - RESUMABLE_KEYS if get(saved, k) != get(now, k))
 
 

@@ -52,8 +52,9 @@ class LoopState:
         return {k: getattr(self, k) for k in self.SAVED} | {"reader_position": self.step, "best_test": self.best_test}
 
     def restore(self, meta: Dict[str, Any]) -> None:
+        meta = {"best_value": meta.get("best_auc"), **meta}  # checkpoints from before the rename
         for key in self.SAVED:
-            setattr(self, key, meta[key] if key in meta else meta["best_auc"])  # best_auc: written before 2026-11-30
+            setattr(self, key, meta[key])
         self.best_test = meta.get("best_test")
 
 
@@ -135,7 +136,7 @@ class Checkpointer:
             ckpt.step_path(self.run.path, self.state.step, best=best), self.job.model, self.job.optimizer, meta, extra
         )
         self.state.last_checkpoint = str(path)
-        ckpt.prune_checkpoints(self.run.path, self.job.cfg.train.keep_checkpoints)
+        ckpt.prune_checkpoints(self.run.path, self.job.cfg.train.keep_checkpoints, just_written=path)
 
     def save_if_due(self) -> None:
         every, steps = self.job.cfg.train.checkpoint_every, self.job.cfg.train.steps

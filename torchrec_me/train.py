@@ -35,14 +35,13 @@ def train(
     if run_dir is None and (resume or cfg.train.checkpoint_every):
         raise ConfigError("--resume and train.checkpoint_every need --run-dir")
     check_output_file(metrics_out, "--metrics-out")
-    run = RunDir(run_dir, is_writer=False)
     ctx = init_distributed(cfg.train.device)
+    run = RunDir(run_dir, is_writer=ctx.rank == 0)
     say = print if ctx.rank == 0 else (lambda text: None)
     latest = None
     if resume:
         cfg, latest = resume_config(cfg, run.path, ctx.world_size, say)  # type: ignore[arg-type]
     job = build_job(cfg, ctx)
-    run.is_writer = ctx.rank == 0
     state = LoopState()
     tracker = IdFrequencyTracker(job.family.id_tables(job.dataset), device=job.ctx.device)
     checkpoints = Checkpointer(job, run, state, tracker)

@@ -2,18 +2,17 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from tests.multiprocess import run_ranks
+from tests.processes import assert_same, flat_checkpoint, kill_tree
 from torchrec_me.distributed import checkpoint as ckpt
 from torchrec_me.distributed.sharding import init_distributed
 from torchrec_me.job import job_from_checkpoint
@@ -33,58 +32,11 @@ def _torchrun(run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _descendants(pid: int) -> List[int]:
-    """All live descendants of ``pid`` (torchrun starts its workers in new sessions)."""
-    children: Dict[int, List[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _kill9(proc: subprocess.Popen) -> None:
-    for pid in [proc.pid, *_descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
 def _finish(proc: subprocess.Popen) -> str:
     out, _ = proc.communicate(timeout=600)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-4000:]
     return text
-
-
-def _flat(path: Path, tmp: Path) -> Dict[str, Any]:
-    target = tmp / f"{path.parent.parent.name}_{path.name}.pt"
-    dcp_to_torch_save(str(path), str(target))
-    return torch.load(target, weights_only=False)
-
-
-def _assert_same(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +50,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     while ckpt.latest_checkpoint(crashed) is None:
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.05)
-    _kill9(proc)  # torchrun and both ranks, mid-training
+    kill_tree(proc)  # torchrun and both ranks, mid-training
     killed_at = ckpt.read_meta(ckpt.latest_checkpoint(crashed))["step"]
     assert not (crashed / "metrics.json").exists()
     log = _finish(_torchrun(crashed, "--resume"))
@@ -122,10 +74,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(runs: Dict[str, Any]) ->
 
 
 def test_final_checkpoints_are_bitwise_equal(runs: Dict[str, Any], tmp_path: Path) -> None:
-    a = _flat(ckpt.latest_checkpoint(runs["full"]), tmp_path)
-    b = _flat(ckpt.latest_checkpoint(runs["crashed"]), tmp_path)
+    a = flat_checkpoint(ckpt.latest_checkpoint(runs["full"]), tmp_path)
+    b = flat_checkpoint(ckpt.latest_checkpoint(runs["crashed"]), tmp_path)
     assert any("ebcs.1" in k for k in a["model"]) and a["optim"]["state"]
-    _assert_same(a, b)
+    assert_same(a, b)
 
 
 def test_checkpoint_retention(runs: Dict[str, Any]) -> None:

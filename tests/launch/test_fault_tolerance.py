@@ -30,11 +30,11 @@ from typing import Any, Dict, List, Optional
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torchmetrics.functional.classification import binary_auroc
 from torchx.runner import get_runner
 from torchx.runner.config import apply as apply_torchxconfig
 
+from tests.processes import assert_same, descendants, flat_checkpoint, kill_tree
 from torchrec_me.config import config_from_dict
 from torchrec_me.data.synthetic import SyntheticCriteo
 from torchrec_me.distributed import checkpoint as ckpt
@@ -180,25 +180,9 @@ def _start(cmd: List[str], env: Dict[str, str]) -> "subprocess.Popen[str]":
                             start_new_session=True)  # fmt: skip
 
 
-def _descendants(pid: int) -> List[int]:
-    children: Dict[int, List[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _worker(root: int, rank: int) -> Optional[int]:
     """The pid of the first attempt's training worker of ``rank`` under process ``root``."""
-    for pid in _descendants(root):
+    for pid in descendants(root):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -210,20 +194,11 @@ def _worker(root: int, rank: int) -> Optional[int]:
     return None
 
 
-def _kill_tree(proc: "subprocess.Popen[str]") -> None:
-    for pid in [proc.pid, *_descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
 def _finish(proc: "subprocess.Popen[str]") -> str:
     try:
         log = proc.communicate(timeout=TIMEOUT_S)[0]
     except subprocess.TimeoutExpired:
-        _kill_tree(proc)
+        kill_tree(proc)
         pytest.fail(f"{shlex.join(proc.args)} did not finish in {TIMEOUT_S} s")  # type: ignore[arg-type]
     assert proc.returncode == 0, log[-5000:]
     return log
@@ -277,27 +252,6 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     return {"root": root, "run": root / "run", "log": log, "seconds": time.perf_counter() - t0}
 
 
-def _flat(path: Path, tmp: Path) -> Dict[str, Any]:
-    target = tmp / f"{path.parent.parent.name}_{path.name}.pt"
-    dcp_to_torch_save(str(path), str(target))
-    return torch.load(target, weights_only=False)
-
-
-def _assert_same(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def _metrics(run_dir: Path) -> Dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -349,11 +303,11 @@ def test_killed_worker_log_names_the_attempt_and_step(killed_worker: Dict[str, A
 def test_killed_worker_ends_with_the_uninterrupted_state(
     killed_worker: Dict[str, Any], uninterrupted: Dict[str, Any], tmp_path: Path
 ) -> None:
-    a = _flat(ckpt.latest_checkpoint(uninterrupted["run"]), tmp_path)
-    b = _flat(ckpt.latest_checkpoint(killed_worker["run"]), tmp_path)
+    a = flat_checkpoint(ckpt.latest_checkpoint(uninterrupted["run"]), tmp_path)
+    b = flat_checkpoint(ckpt.latest_checkpoint(killed_worker["run"]), tmp_path)
     assert any("ebcs.1" in k for k in a["model"]) and a["optim"]["state"]
-    _assert_same(a["model"], b["model"], "model")
-    _assert_same(a["optim"], b["optim"], "optim")
+    assert_same(a["model"], b["model"], "model")
+    assert_same(a["optim"], b["optim"], "optim")
 
 
 @slow
@@ -377,7 +331,7 @@ def world_size_change(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any
     run_dir = root / "run"
     proc = _recorded_train(root, run_dir, "0", 2)
     _wait_for_checkpoint(proc, run_dir, 2 * EVERY)
-    _kill_tree(proc)
+    kill_tree(proc)
     resume_step = ckpt.read_meta(ckpt.latest_checkpoint(run_dir))["step"]
     log = _finish(_recorded_train(root, run_dir, "1", 1, "--resume"))
     return {"root": root, "run": run_dir, "log": log, "resume_step": resume_step}

@@ -217,11 +217,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optional[CombinedOp
     return read_meta(path)
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+def prune_checkpoints(run_dir: Path, keep_last: int, just_written: Optional[Path] = None) -> None:
     """Rank 0 keeps the newest ``keep_last`` intact step checkpoints and the newest intact
     best one; it removes older ones, corrupt ones among them, and incomplete writes older
     than the newest kept checkpoint. An intact checkpoint is never removed to make room
-    for a corrupt one."""
+    for a corrupt one. ``just_written`` (its checksums were computed from its files a
+    moment ago) is taken as intact without reading it again."""
     if dist.get_rank() != 0:
         return
     root = checkpoints_dir(run_dir)
@@ -229,7 +230,7 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
         paths = sorted(root.glob(f"{prefix}*"))
         kept: List[Path] = []
         for p in reversed([p for p in paths if is_complete(p)]):
-            if len(kept) < keep and checkpoint_problem(p) is None:
+            if len(kept) < keep and (p == just_written or checkpoint_problem(p) is None):
                 kept.append(p)
         if not kept:
             continue
