@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
@@ -302,6 +303,22 @@ class SequentialModel(nn.Module):
         return torch.topk(self.score_all_items(user_vectors, item_vectors), k, dim=1)
 
 
+@torch.fx.wrap
+def global_position_mean(local_mean: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``local_mean * P_r * W / P`` under a process group of W > 1 ranks, with P_r =
+    ``len(labels)`` this rank's predicted positions and P their sum over ranks (see
+    :class:`SequentialTrain`); ``local_mean`` unchanged otherwise. A leaf for the
+    pipeline's FX tracing."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local_mean
+    positions = labels.shape[0]
+    total = torch.tensor([float(positions)], device=local_mean.device)
+    dist.all_reduce(total)
+    if total.item() == 0:
+        return local_mean
+    return local_mean * (positions * dist.get_world_size() / total.item())
+
+
 class SequentialTrain(nn.Module):
     """Training wrapper with TorchRec's contract (as ``DLRMTrain``), for
     ``TrainPipelineSparseDist(..., pipeline_postproc=True)``.
@@ -311,6 +328,15 @@ class SequentialTrain(nn.Module):
     (positive first) and their labels (P,) (zeros). In eval mode the loss is zero and the
     inner tuple carries the user vectors (B, sum_k D_k) and the targets (B,), for
     full-corpus scoring with :meth:`SequentialModel.score_all_items`.
+
+    Sharded over W ranks, each rank's loss is rescaled so that the gradients are those
+    of the mean over every predicted position of the global batch: rank r returns
+    ``sum_r * W / P``, with ``sum_r`` its summed cross-entropy and P the global count of
+    predicted positions (one scalar all-reduce per step). DDP (dense) and TorchRec's
+    sharded tables (sparse) both average gradients over ranks, so W ranks take the
+    steps of one process on the whole global batch even when the ranks' rows have
+    different lengths; a plain per-rank mean would weight a position of a short-row
+    rank more. The mean of the ranks' returned losses is the global mean.
 
     Args:
         model (SequentialModel): the model.
@@ -344,4 +370,5 @@ class SequentialTrain(nn.Module):
             zero = users.new_zeros(())
             return zero, (zero, users.detach(), batch.targets)
         loss, logits, labels = self.model.forward_train(batch)
+        loss = global_position_mean(loss, labels)
         return loss, (loss.detach(), logits.detach(), labels)
