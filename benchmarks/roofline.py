@@ -21,42 +21,21 @@ speed right then on both sides of the ratio). ``roofline_fraction_best_peak`` di
 by the best peak of the whole run instead, the stricter figure when the speed drifts.
 """
 
-import dataclasses
 import time
-from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.measure import reduce_scalar, sync
 from torchrec_me.config import Config
 from torchrec_me.data import Dataset
-from torchrec_me.job import build_train_module
-
-#: Training FLOPs per forward FLOP: the forward, and a backward of twice its matmuls.
-TRAINING_PASSES = 3
-
-
-def matmul_flops(fn: Callable[[], Any]) -> int:
-    """The matmul FLOPs (2 per multiply-add) of what ``fn()`` runs, without autograd."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        fn()
-    return counter.get_total_flops()
+from torchrec_me.scaling.cost import matmul_flops, training_flops  # noqa: F401 (re-exported)
 
 
 def dense_flops_per_sample(cfg: Config, dataset: Dataset, batch_size: int = 64) -> float:
-    """Training FLOPs per sample of ``cfg``'s dense part (dense archs, interactions, head).
-
-    Counted on the plain kernels (``model.fused_dense=false``), so that the figure is
-    the model's math whichever kernels run it; the tables stay on ``meta``.
-    """
-    plain = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fused_dense=False))
-    model = build_train_module(plain, dataset, torch.device("meta")).model.eval()
-    num_fields = len(dataset.feature_names)
-    per_set = [torch.randn(batch_size, num_fields, d) for d in cfg.model.dims()]
-    dense = torch.randn(batch_size, dataset.num_dense)
-    return TRAINING_PASSES * matmul_flops(lambda: model._logits(dense, per_set)) / batch_size
+    """Training FLOPs per sample of ``cfg``'s dense part (dense archs, interactions, head),
+    counted by :func:`torchrec_me.scaling.cost.training_flops` on the plain kernels."""
+    return training_flops(cfg, dataset, rows=batch_size)["flops_per_sample"]
 
 
 def matmul_peak_gflops(device: torch.device, reps: int) -> float:

@@ -244,3 +244,64 @@ def benchmark(
         mounts=mounts,
         debug=debug,
     )
+
+
+def sweep(
+    grid: str,
+    out: str,
+    slots: int = 1,
+    nproc_per_cell: int = 1,
+    cell_retries: int = 1,
+    max_minutes: Optional[float] = None,
+    image: Optional[str] = None,
+    name: str = "torchrec_me/sweep",
+    h: Optional[str] = None,
+    cpu: Optional[int] = None,
+    gpu: int = 0,
+    memMB: Optional[int] = None,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """A scaling sweep (``torchrec-me sweep``) as one job on one node.
+
+    The job runs the sweep driver, which trains the grid's cells in ``slots`` parallel
+    slots of ``nproc_per_cell`` ranks each (torchrun when > 1) into ``out`` (a path on
+    storage the node shares with you, e.g. a mount). The sweep is resumable, so a
+    retried job (``max_retries``) skips the finished cells and resumes the cut-off ones
+    from their checkpoints. Split a large grid into several grid files and submit one
+    job each to run them on several nodes at once. Example:
+    ``torchx run -s local_cwd launch/components.py:sweep --grid benchmarks/scaling/tiny.yaml --out runs/tiny``.
+
+    Args:
+        grid: the grid file, relative to the working directory / image WORKDIR
+        out: the sweep directory (``cells/``, ``results.parquet``)
+        slots: cells run at once
+        nproc_per_cell: ranks per cell
+        cell_retries: extra attempts of a failed cell before it is recorded as failed
+        max_minutes: start no new cell after this many minutes (submit again to go on)
+        image: docker image with torchrec_me installed (ignored by ``local_cwd``);
+            default ``torchrec-me:cpu``, or ``torchrec-me:cuda`` when gpu > 0
+        name: job name, ``{experimentname}/{runname}``, ``{experimentname}/`` or ``{runname}``
+        h: a registered named resource; takes precedence over cpu, gpu and memMB
+        cpu: number of cpus of the node; default 2, or 8 per GPU when gpu > 0
+        gpu: number of gpus of the node; at least slots x nproc_per_cell when > 0
+        memMB: cpu memory in MB; default 8192, or 65536 per GPU when gpu > 0
+        env: environment variables of the driver and its cells
+        max_retries: scheduler retries of the whole sweep (each resumes it)
+        mounts: mounts for container schedulers, e.g.
+            ``type=bind,src=/data,dst=/data[,readonly]``
+    """
+    if 0 < gpu < slots * nproc_per_cell:
+        raise ValueError(f"gpu={gpu}: {slots} slots x {nproc_per_cell} ranks need one GPU each")
+    cpu, memMB, image = _resources("1x1", gpu, cpu, memMB, image)
+    args = ["-m", "torchrec_me.cli", "sweep", "--grid", grid, "--out", out, "--slots", str(slots),
+            "--nproc-per-cell", str(nproc_per_cell), "--retries", str(cell_retries)]  # fmt: skip
+    if max_minutes is not None:
+        args += ["--max-minutes", str(max_minutes)]
+    resource = specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
+    role = specs.Role(
+        name="sweep", image=image, entrypoint="python", args=args, env=_base_env(env), resource=resource,
+        max_retries=max_retries, mounts=specs.parse_mounts(mounts) if mounts else [],
+    )  # fmt: skip
+    return specs.AppDef(name=name.split("/")[-1] or "sweep", roles=[role])

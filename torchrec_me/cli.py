@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from torchrec_me import analyze, predict
 from torchrec_me.data.prepare.commands import add_fetch_command, add_prepare_command
 from torchrec_me.command import parse_with_overrides
+from torchrec_me.scaling.commands import add_scaling_commands
 from torchrec_me.train import add_train_arguments, run_from_args
 
 
@@ -24,6 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     predict_p.set_defaults(func=predict.run_from_args)
     add_prepare_command(sub)
     add_fetch_command(sub)
+    add_scaling_commands(sub)
     args = parse_with_overrides(parser, argv)
     return args.func(args)
 

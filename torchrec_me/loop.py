@@ -244,6 +244,20 @@ class LiveIA:
         self.job, self.tracker, self.run = job, tracker, run
         self.seconds = 0.0
         self.postfix: Dict[str, str] = {}
+        self.last: Optional[Dict[str, Any]] = None
+
+    def summary(self) -> Dict[str, Any]:
+        """The last report for the run's metrics: ``ia_step``, ``ia_trained_rows`` and
+        ``ia_all_rows`` (mean IA over each set's tables, by set), and their means over
+        the sets, ``ia_mean_trained_rows`` and ``ia_mean_all_rows``; empty when IA is off."""
+        if self.last is None:
+            return {}
+        out: Dict[str, Any] = {"ia_step": self.last["step"]}
+        for name, by_set in (("trained_rows", self.last["ia"]), ("all_rows", self.last["ia_all_rows"])):
+            values = [v for v in by_set.values() if v is not None]
+            out[f"ia_{name}"] = by_set
+            out[f"ia_mean_{name}"] = sum(values) / len(values) if values else None
+        return out
 
     def report_if_due(self, step: int) -> None:
         every = self.job.cfg.train.ia_every
@@ -256,6 +270,7 @@ class LiveIA:
         row["seconds"] = time.perf_counter() - t0
         self.seconds += row["seconds"]
         self.run.log_ia(row)
+        self.last = row
         self.postfix = {"ia": "/".join(f"{v:.1f}" for v in row["ia"].values() if v is not None)}
 
 

@@ -16,6 +16,7 @@ from torchrec_me.distributed.sharding import init_distributed
 from torchrec_me.loop import Checkpointer, LiveIA, LoopState, Progress, Validator, boundaries, resume_config, run_segment
 from torchrec_me.retrieval import popularity_baseline
 from torchrec_me.run_dir import RunDir, check_output_file
+from torchrec_me.scaling.cost import training_flops
 
 
 def train(
@@ -66,6 +67,7 @@ def train(
     val = validator.final()
     checkpoints.save()
     metrics = _metrics(job, state, val, resumed_from, live_ia.seconds)
+    metrics.update(_cost(job, state, tracker), **live_ia.summary())
     if cfg.train.eval_every:
         metrics.update(validator.test())
     _print_summary(job, metrics)
@@ -92,6 +94,20 @@ def _metrics(job: Job, state: LoopState, val: Dict[str, float], resumed_from: Op
         "ia_seconds": ia_seconds,
     }
     return metrics
+
+
+def _cost(job: Job, state: LoopState, tracker: IdFrequencyTracker) -> Dict[str, Any]:
+    """Collective: parameter counts and training FLOPs (:mod:`torchrec_me.scaling.cost`),
+    samples (sequences) and, for sequential models, tokens (item ids read) trained on."""
+    cost = training_flops(job.cfg, job.dataset)
+    samples = state.step * job.cfg.train.batch_size * job.ctx.world_size
+    out: Dict[str, Any] = {"dense_params": cost["dense_params"], "sparse_params": cost["sparse_params"], "train_samples": samples}
+    if job.family.sequential:
+        tokens = tracker.synced().total_ids
+        out.update(train_flops_per_token=cost["flops_per_token"], train_tokens=tokens, train_flops=cost["flops_per_token"] * tokens)
+    else:
+        out.update(train_flops_per_sample=cost["flops_per_sample"], train_flops=cost["flops_per_sample"] * samples)
+    return out
 
 
 def _ctr_metrics(val: Dict[str, float]) -> Dict[str, Any]:

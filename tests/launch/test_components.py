@@ -53,13 +53,16 @@ class TestComponentsValidate(ComponentTestCase):
     def test_benchmark_validates(self) -> None:
         self.validate(components, "benchmark")
 
+    def test_sweep_validates(self) -> None:
+        self.validate(components, "sweep")
 
-@pytest.mark.parametrize("fn", ["train", "benchmark"])
+
+@pytest.mark.parametrize("fn", ["train", "benchmark", "sweep"])
 def test_component_linter_is_clean(fn: str) -> None:
     assert lint_component(str(COMPONENTS), fn) == []
 
 
-@pytest.mark.parametrize("fn", ["train", "benchmark"])
+@pytest.mark.parametrize("fn", ["train", "benchmark", "sweep"])
 def test_every_argument_is_documented(fn: str) -> None:
     # TorchX silently fills a missing description; `--help` should not have holes.
     func = getattr(components, fn)
@@ -235,3 +238,14 @@ def test_cli_parsing_passes_everything_after_double_dash() -> None:
     assert role.env["A"] == "1" and role.env["B"] == "2"
     cmd = _torchrun_cmd(role)
     assert cmd[cmd.index("torchrec_me.train") + 1 :] == ["--resume", "--no-progress", "train.steps=20", "--run-dir", "d"]
+
+
+def test_sweep_runs_the_sweep_driver_on_one_node() -> None:
+    app = components.sweep("g.yaml", "runs/s", slots=2, nproc_per_cell=2, max_minutes=30.0, max_retries=2)
+    (role,) = app.roles
+    assert role.entrypoint == "python" and role.num_replicas == 1 and role.max_retries == 2
+    assert role.args == ["-m", "torchrec_me.cli", "sweep", "--grid", "g.yaml", "--out", "runs/s", "--slots", "2",
+                         "--nproc-per-cell", "2", "--retries", "1", "--max-minutes", "30.0"]  # fmt: skip
+    assert (role.resource.cpu, role.resource.memMB, role.image) == (components.CPU_DEFAULT, components.MEM_MB_DEFAULT, components.DEFAULT_IMAGE)
+    with pytest.raises(ValueError, match="one GPU each"):
+        components.sweep("g.yaml", "o", slots=2, gpu=1)

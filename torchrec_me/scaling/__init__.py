@@ -1,0 +1,1 @@
+"""Scaling studies: cost counting, grid sweeps and power-law fits (``torchrec-me sweep``, ``torchrec-me fit``)."""
