@@ -192,7 +192,9 @@ class TrainConfig:
         device (str): ``auto``, ``cpu`` or ``cuda``.
         dense_lr (float): Adam learning rate of the dense parameters.
         dense_weight_decay (float): Adam weight decay of the dense parameters.
-        sparse_optimizer (str): fused optimizer of the embedding tables.
+        sparse_optimizer (str): optimizer of the embedding tables: FBGEMM fused
+            ``rowwise_adagrad``, ``adagrad``, ``sgd``, ``adam`` (GPU), or ``adam_dense``
+            (Adam over replicated tables, any device).
         sparse_lr (float): learning rate of the fused optimizer.
         log_every (int): steps between progress-bar and log updates.
         ia_every (int): steps between live information-abundance reports (0: off),

@@ -33,8 +33,8 @@ from torchrec_me.data.sequences.reader import ReadOptions
 from torchrec_me.data.sequences.synthetic import SyntheticSequenceConfig, SyntheticSequences
 from torchrec_me.data.store import DatasetError, load_metadata
 from torchrec_me.distributed import checkpoint as ckpt
-from torchrec_me.distributed.optimizers import SPARSE_OPTIMIZERS, apply_sparse_optimizer, build_optimizer
-from torchrec_me.distributed.sharding import DistContext, init_distributed, plan_and_shard
+from torchrec_me.distributed.optimizers import SPARSE_OPTIMIZERS, apply_sparse_optimizer, build_optimizer, table_kernel
+from torchrec_me.distributed.sharding import DistContext, init_distributed, plan_and_shard, replicate
 from torchrec_me.evaluation import evaluate
 from torchrec_me.retrieval import evaluate_retrieval
 from torchrec_me.models import BACKBONE_REGISTRY, PRESET_REGISTRY, MultiEmbeddingTrain, build_model
@@ -67,11 +67,12 @@ def _check_device_and_optimizer(cfg: Config) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         _fail("train.device", "is cuda, but this machine has no CUDA device; use train.device=cpu or auto")
     if device == "cpu" and not SPARSE_OPTIMIZERS[t.sparse_optimizer].on_cpu:
+        # "adam" on CPU: the same math is adam_dense (see distributed/optimizers.py).
         on_cpu = ", ".join(n for n, o in SPARSE_OPTIMIZERS.items() if o.on_cpu)
         _fail(
             "train.sparse_optimizer",
             f"{t.sparse_optimizer!r} has no CPU kernel in FBGEMM and train.device={t.device} runs on CPU; "
-            f"on CPU choose one of {on_cpu}",
+            f"on CPU choose one of {on_cpu} (adam_dense: Adam over replicated tables, see distributed/optimizers.py)",
         )
 
 
@@ -303,11 +304,19 @@ def build_job(
     ctx = ctx or init_distributed(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     dataset = dataset if dataset is not None else load_dataset(cfg)
-    module = build_train_module(cfg, dataset, torch.device("meta"))
-    apply_sparse_optimizer(module, cfg.train.sparse_optimizer, cfg.train.sparse_lr)
-    dmp, plan = plan_and_shard(module, ctx, cfg.train.batch_size, constraints=constraints, plan=plan)
     t = cfg.train
-    optimizer = build_optimizer(dmp, t.dense_lr, t.dense_weight_decay, cfg.model.fused_dense, t.dense_optimizer, t.dense_betas)
+    kernel = table_kernel(t.sparse_optimizer)
+    if kernel == "dense":
+        # Replicated tables, built here for real: every rank draws the same weights.
+        dmp, plan = replicate(build_train_module(cfg, dataset, ctx.device), ctx), ShardingPlan(plan={})
+    else:
+        module = build_train_module(cfg, dataset, torch.device("meta"))
+        apply_sparse_optimizer(module, t.sparse_optimizer, t.sparse_lr)
+        dmp, plan = plan_and_shard(module, ctx, t.batch_size, constraints=constraints, plan=plan)
+    table_lr = t.sparse_lr if kernel == "dense" else None
+    optimizer = build_optimizer(
+        dmp, t.dense_lr, t.dense_weight_decay, cfg.model.fused_dense, t.dense_optimizer, t.dense_betas, table_lr=table_lr
+    )
     return Job(cfg, ctx, dataset, dmp, optimizer, plan)
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 from tqdm import tqdm
 
 from torchrec_me.analysis.frequency import IdFrequencyTracker
@@ -327,6 +327,15 @@ def _tracked(batches: Iterator[Any], tracker: IdFrequencyTracker, features: Any)
         yield batch
 
 
+def make_pipeline(job: Job) -> Any:
+    """``TrainPipelineSparseDist`` over the sharded tables; TorchRec's plain
+    ``TrainPipelineBase`` when nothing is sharded (``adam_dense``: replicated tables,
+    nothing to pipeline, and the sparse-dist pipeline cannot trace unsharded collections)."""
+    if not job.plan.plan:
+        return TrainPipelineBase(job.model, job.optimizer, job.ctx.device)
+    return TrainPipelineSparseDist(job.model, job.optimizer, job.ctx.device, pipeline_postproc=job.family.pipeline_postproc)
+
+
 def run_segment(job: Job, state: LoopState, tracker: IdFrequencyTracker, stop: int, progress: Progress) -> None:
     """Train steps ``state.step .. stop-1`` through ``TrainPipelineSparseDist``.
 
@@ -334,7 +343,7 @@ def run_segment(job: Job, state: LoopState, tracker: IdFrequencyTracker, stop: i
     mask of the collapse analysis) and refuses ids outside a table before FBGEMM sees them.
     """
     ctx, family = job.ctx, job.family
-    pipeline = TrainPipelineSparseDist(job.model, job.optimizer, ctx.device, pipeline_postproc=family.pipeline_postproc)
+    pipeline = make_pipeline(job)
     batches = family.train_batches(job.dataset, job.cfg, ctx.rank, ctx.world_size, state.step, stop)
     batches = _tracked(batches, tracker, family.id_features)
     seg_start, seg_step = time.perf_counter(), state.step
@@ -349,4 +358,5 @@ def run_segment(job: Job, state: LoopState, tracker: IdFrequencyTracker, stop: i
                 progress.step(loss, seg_start, seg_step)
     finally:
         state.train_seconds += time.perf_counter() - seg_start
-        pipeline.detach()
+        if hasattr(pipeline, "detach"):  # TrainPipelineBase never rewrites the model
+            pipeline.detach()

@@ -1,7 +1,8 @@
 """Sharded sequential training on 2 gloo ranks takes the steps of 1 process, step for step.
 
-The job (``build_job``: planner, DMP, FBGEMM fused row-wise Adagrad on the item tables,
-AdamW on the dense part) trains an ME-2x HSTU on the synthetic sequences, once on one
+The job (``build_job``: planner, DMP, AdamW on the dense part, and on the item tables
+either FBGEMM's fused row-wise Adagrad (sharded) or ``adam_dense``, Adam on replicated
+tables) trains an ME-2x HSTU on the synthetic sequences, once on one
 rank with the global batch and once on two ranks with half of it each. The rows of a
 global batch have different lengths, so the two ranks hold different numbers of
 predicted positions: the losses only agree because ``SequentialTrain`` normalises by
@@ -13,39 +14,46 @@ from typing import Any, Dict, List
 
 import pytest
 import torch
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from tests.multiprocess import run_ranks
 from torchrec_me.config import Config
 from torchrec_me.distributed.sharding import init_distributed, load_unsharded_state_dict
 from torchrec_me.job import build_job, build_train_module, load_job_config
+from torchrec_me.loop import make_pipeline
 
 GLOBAL_BATCH, STEPS = 16, 5
+# FBGEMM's fused row-wise Adagrad on sharded tables, and Adam on replicated ones (DDP).
+OPTIMIZERS = ("rowwise_adagrad", "adam_dense")
 
 
-def _cfg(world_size: int) -> Config:
-    return load_job_config(overrides=[
+def _cfg(world_size: int, sparse_optimizer: str) -> Config:
+    return load_job_config(overrides=[f"train.sparse_optimizer={sparse_optimizer}",
         "model=hstu-me-2x", "model.max_seq_len=20", "model.dropout=0", "model.num_negatives=16",
         "data.num_users=128", "data.num_items=100", f"train.batch_size={GLOBAL_BATCH // world_size}",
         "train.sparse_lr=0.05", "train.dense_lr=0.01",
     ])  # fmt: skip
 
 
-def _worker(rank: int, world_size: int) -> Dict[str, Any]:
+def _worker(rank: int, world_size: int) -> Dict[str, Dict[str, Any]]:
     ctx = init_distributed("cpu")
-    cfg = _cfg(world_size)
+    return {opt: _train(rank, world_size, ctx, opt) for opt in OPTIMIZERS}
+
+
+def _train(rank: int, world_size: int, ctx: Any, sparse_optimizer: str) -> Dict[str, Any]:
+    cfg = _cfg(world_size, sparse_optimizer)
     job = build_job(cfg, ctx)
     # The same initial weights on any world size (sharded initialisation draws per shard).
     torch.manual_seed(0)
     load_unsharded_state_dict(job.model, build_train_module(cfg, job.dataset).state_dict())
-    pipeline = TrainPipelineSparseDist(job.model, job.optimizer, ctx.device, pipeline_postproc=job.family.pipeline_postproc)
+    pipeline = make_pipeline(job)
     batches = job.family.train_batches(job.dataset, job.cfg, rank, world_size, 0, STEPS)
     positions, losses = [], []
     for _ in range(STEPS):
         loss, logits, _ = pipeline.progress(batches)
         losses.append(loss.item())
         positions.append(logits.shape[0])
-    pipeline.detach()
+    if hasattr(pipeline, "detach"):
+        pipeline.detach()
     model = job.model.module.model
     model.eval()
     with torch.no_grad():
@@ -55,8 +63,13 @@ def _worker(rank: int, world_size: int) -> Dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def runs() -> Dict[int, List[Dict[str, Any]]]:
+def spawned() -> Dict[int, List[Dict[str, Any]]]:
     return {1: run_ranks(_worker, world_size=1), 2: run_ranks(_worker, world_size=2)}
+
+
+@pytest.fixture(params=OPTIMIZERS)
+def runs(request: pytest.FixtureRequest, spawned: Dict[int, List[Dict[str, Any]]]) -> Dict[int, List[Dict[str, Any]]]:
+    return {ws: [rank[request.param] for rank in ranks] for ws, ranks in spawned.items()}
 
 
 def test_ranks_hold_different_position_counts(runs: Dict[int, List[Dict[str, Any]]]) -> None:

@@ -4,14 +4,23 @@ The embedding tables are updated by FBGEMM's fused (in-backward) optimizer, pick
 config name from :data:`SPARSE_OPTIMIZERS`, the one table of those names. The dense
 parameters get Adam through a TorchRec ``KeyedOptimizerWrapper``; both are combined into
 one ``CombinedOptimizer`` that ``TrainPipelineSparseDist`` steps.
+
+FBGEMM's CPU kernels have no Adam. ``adam_dense`` is TorchRec's way to get it anyway:
+the tables are sharded on the ``DENSE`` compute kernel (plain tensors, full gradients,
+no fused update), and a ``torch.optim.Adam`` (lr ``train.sparse_lr``, the dense betas,
+eps 1e-8, no weight decay) steps them after the backward, like the generative-recommenders
+reference's Adam over its ``nn.Embedding``: every row's moments decay at every step, and a
+row not in the batch still moves by its momentum. It costs a full-table update per step.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Sequence, Type
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Type
 
 import torch
 from torch import nn
 from torchrec import optim as trec_optim
+from torchrec.distributed.embedding import ShardedEmbeddingCollection
+from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -29,12 +38,16 @@ class SparseOptimizer:
         on_cpu (bool): FBGEMM's CPU kernels implement it.
         elementwise (bool): state and update are per element (not one state per row), so
             a row shared by several sets still updates them independently.
+        kernel (str): TorchRec compute kernel of the tables: ``fused`` (the optimizer runs
+            inside FBGEMM's backward) or ``dense`` (``cls`` is a torch optimizer stepped
+            after the backward).
     """
 
     cls: Type[torch.optim.Optimizer]
     fbgemm: str
     on_cpu: bool
     elementwise: bool
+    kernel: str = "fused"
 
 
 SPARSE_OPTIMIZERS: Dict[str, SparseOptimizer] = {
@@ -42,11 +55,24 @@ SPARSE_OPTIMIZERS: Dict[str, SparseOptimizer] = {
     "adagrad": SparseOptimizer(trec_optim.Adagrad, "EXACT_ADAGRAD", True, True),
     "sgd": SparseOptimizer(trec_optim.SGD, "EXACT_SGD", True, True),
     "adam": SparseOptimizer(trec_optim.Adam, "ADAM", False, True),
+    "adam_dense": SparseOptimizer(torch.optim.Adam, "none (TorchRec DENSE kernel, torch Adam)", True, True, "dense"),
 }
+#: The modules whose parameters are embedding tables, sharded or not.
+TABLE_MODULES = (EmbeddingBagCollection, EmbeddingCollection, ShardedEmbeddingBagCollection, ShardedEmbeddingCollection)
+#: eps of the table Adam (the reference's).
+TABLE_ADAM_EPS = 1e-8
+
+
+def table_kernel(name: str) -> str:
+    """The TorchRec compute kernel the tables need for sparse optimizer ``name``."""
+    return SPARSE_OPTIMIZERS[name].kernel
 
 
 def apply_sparse_optimizer(model: nn.Module, name: str, lr: float) -> None:
-    """Attach the fused optimizer ``name`` to every embedding collection's tables."""
+    """Attach the fused optimizer ``name`` to every embedding collection's tables (nothing
+    for a ``dense``-kernel optimizer: :func:`build_optimizer` steps those tables)."""
+    if table_kernel(name) != "fused":
+        return
     collections = (EmbeddingBagCollection, EmbeddingCollection)
     params = [p for m in model.modules() if isinstance(m, collections) for p in m.parameters()]
     kwargs: Dict[str, Any] = {"lr": lr}
@@ -70,11 +96,26 @@ def build_optimizer(
     fused: bool = True,
     kind: str = "adam",
     betas: Sequence[float] = (0.9, 0.999),
+    table_lr: Optional[float] = None,
 ) -> CombinedOptimizer:
     """The fused sparse optimizer (already applied in backward) + ``kind`` (Adam or AdamW)
     over the dense parameters; ``fused`` selects PyTorch's single-kernel implementation
-    where it applies, else the plain per-tensor loop (the same math)."""
+    where it applies, else the plain per-tensor loop (the same math).
+
+    With ``table_lr``, the tables on the ``DENSE`` kernel (sparse optimizer
+    ``adam_dense``) get their own ``torch.optim.Adam`` at that lr, with ``betas``."""
     dense = dict(in_backward_optimizer_filter(model.named_parameters()))
+    optimizers: List[Any] = []
+    sparse = getattr(model, "fused_optimizer", None)
+    if sparse is not None:
+        optimizers.append(sparse)
+    if table_lr is not None:
+        table_ids = {id(p) for m in model.modules() if isinstance(m, TABLE_MODULES) for p in m.parameters()}
+        tables = {n: p for n, p in dense.items() if id(p) in table_ids}
+        dense = {n: p for n, p in dense.items() if id(p) not in table_ids}
+        optimizers.append(KeyedOptimizerWrapper(
+            tables, lambda params: torch.optim.Adam(params, lr=table_lr, betas=tuple(betas), eps=TABLE_ADAM_EPS)
+        ))  # fmt: skip
     cls = DENSE_OPTIMIZERS[kind]
     dense_opt = KeyedOptimizerWrapper(
         dense,
@@ -82,5 +123,4 @@ def build_optimizer(
             params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused and _fused_adam_ok(params)
         ),
     )
-    sparse = getattr(model, "fused_optimizer", None)
-    return CombinedOptimizer([sparse, dense_opt] if sparse is not None else [dense_opt])
+    return CombinedOptimizer([*optimizers, dense_opt])

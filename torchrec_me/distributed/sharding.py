@@ -163,6 +163,15 @@ def _top_level_ebcs(model: nn.Module) -> "list[tuple[str, nn.Module]]":
     return found
 
 
+def replicate(module: nn.Module, ctx: DistContext) -> DistributedModelParallel:
+    """DMP with no sharders: every table stays a plain TorchRec collection, replicated on
+    every rank, its gradients averaged by DDP with the dense ones (the ``adam_dense``
+    sparse optimizer's layout). TorchRec 1.8 offers its DENSE kernel only with
+    data_parallel sharding, and that path pools the sequence lookups of an
+    ``EmbeddingCollection`` on CPU, so the collections are left unsharded instead."""
+    return DistributedModelParallel(module=module, device=ctx.device, plan=ShardingPlan(plan={}), sharders=[])
+
+
 def fused_constraints(model: nn.Module) -> Dict[str, ParameterConstraints]:
     """Keep every table on FBGEMM's fused kernel: any sharding type but data_parallel.
 
