@@ -5,6 +5,7 @@ as ``torchrec-me train``, for ``torchrun --nproc_per_node N -m torchrec_me.train
 """
 
 import argparse
+import math
 import sys
 from typing import Any, Dict, Optional, Sequence
 
@@ -68,6 +69,8 @@ def train(
     checkpoints.save()
     metrics = _metrics(job, state, val, resumed_from, live_ia.seconds)
     metrics.update(_cost(job, state, tracker), **live_ia.summary())
+    # EMA (0.9) of the training loss at the log steps: the loss of the scaling fits.
+    metrics["train_loss_ema"] = None if math.isnan(bar.loss_ema) else bar.loss_ema
     if cfg.train.eval_every:
         metrics.update(validator.test())
     _print_summary(job, metrics)
