@@ -101,6 +101,7 @@ def test_bad_options_are_refused(tmp_path: Path, bad: dict, message: str) -> Non
         _sweep(tmp_path, **bad)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_running_cells(tmp_path: Path) -> None:
     (tmp_path / "grid.yaml").write_text(GRID)
     driver = textwrap.dedent(f"""

@@ -50,12 +50,17 @@ class Fit:
         return a + b * np.log10(x)
 
 
-def _power_given_alpha(u: np.ndarray, y: np.ndarray, alpha: float) -> Tuple[float, float, float]:
-    """(E, A, sse) of the least-squares ``y = E + A u^-alpha``."""
-    design = np.stack([np.ones_like(u), u ** (-alpha)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    sse = float(((design @ coef - y) ** 2).sum())
-    return float(coef[0]), float(coef[1]), sse
+def _power_given_alpha(u: np.ndarray, y: np.ndarray, alpha: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(E, A, sse) of the least-squares ``y = E + A u^-alpha``, for each of the alphas
+    (the normal equations of a line in z = u^-alpha, solved in closed form)."""
+    z = u[None, :] ** (-np.atleast_1d(alpha)[:, None])
+    n = len(u)
+    sz, szz, sy, szy = z.sum(1), (z * z).sum(1), y.sum(), (z * y[None, :]).sum(1)
+    denom = n * szz - sz * sz
+    amp = np.where(denom > 0, (n * szy - sz * sy) / np.where(denom > 0, denom, 1.0), 0.0)
+    e = (sy - amp * sz) / n
+    sse = ((y[None, :] - e[:, None] - amp[:, None] * z) ** 2).sum(1)
+    return e, amp, sse
 
 
 def _golden(f, lo: float, hi: float, iters: int = 60) -> float:
@@ -91,12 +96,11 @@ def fit_law(form: str, x: Sequence[float], y: Sequence[float]) -> Fit:
     x0 = float(xs.min())
     u = xs / x0
     grid = np.geomspace(*_ALPHA_RANGE, 200)
-    sse = [_power_given_alpha(u, ys, a)[2] for a in grid]
-    i = int(np.argmin(sse))
+    i = int(np.argmin(_power_given_alpha(u, ys, grid)[2]))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    alpha = _golden(lambda a: _power_given_alpha(u, ys, a)[2], lo, hi)
-    e, amp, _ = _power_given_alpha(u, ys, alpha)
-    return Fit(form, (e, amp, alpha), x0)
+    alpha = _golden(lambda a: float(_power_given_alpha(u, ys, np.array([a]))[2][0]), lo, hi)
+    e, amp, _ = _power_given_alpha(u, ys, np.array([alpha]))
+    return Fit(form, (float(e[0]), float(amp[0]), float(alpha)), x0)
 
 
 def resample_seeds(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
