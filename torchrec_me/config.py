@@ -113,6 +113,8 @@ class ModelConfig:
             the ``next`` item's timestamp as the reference does (leaks the target's time).
         num_time_buckets (int): log buckets of the time gap.
         num_negatives (int): uniform negatives of the sampled softmax.
+        negatives_per_position (bool): draw ``num_negatives`` for every predicted
+            position (the reference's sampling, L times the lookups) instead of per row.
         temperature (float): temperature of the sampled softmax.
         in_batch_negatives (bool): add negatives drawn from the batch's positives.
     """
@@ -142,6 +144,7 @@ class ModelConfig:
     time_bias_source: str = "seen"
     num_time_buckets: int = 128
     num_negatives: int = 128
+    negatives_per_position: bool = False
     temperature: float = 0.05
     in_batch_negatives: bool = False
 

@@ -171,7 +171,7 @@ def _ctr_module(cfg: Config, dataset: Dataset, device: Optional[torch.device]) -
 
 def _sequential_module(cfg: Config, dataset: Dataset, device: Optional[torch.device]) -> nn.Module:
     seq = sequential_config(cfg.model)
-    sampler = NegativeSampler(dataset.num_items, seq.num_negatives, seed=cfg.train.seed)
+    sampler = NegativeSampler(dataset.num_items, seq.num_negatives, seed=cfg.train.seed, per_position=seq.negatives_per_position)
     return SequentialTrain(SequentialModel(dataset.num_items, seq, device=device, sampler=sampler))
 
 

@@ -60,6 +60,7 @@ class SequentialConfig(EncoderConfig):
             ``embedding_dim``.
         shared_encoder (bool): one encoder for all K sets (ablation; equal dims).
         num_negatives (int): M uniform negatives (per row of the batch).
+        negatives_per_position (bool): M negatives per predicted position instead.
         temperature (float): softmax temperature.
         in_batch_negatives (bool): add M negatives drawn from the batch's positives.
 
@@ -75,6 +76,7 @@ class SequentialConfig(EncoderConfig):
     set_dims: Optional[List[int]] = None
     shared_encoder: bool = False
     num_negatives: int = 128
+    negatives_per_position: bool = False
     temperature: float = 0.05
     in_batch_negatives: bool = False
 
@@ -216,7 +218,7 @@ class SequentialModel(nn.Module):
         config (SequentialConfig): backbone, sets and loss settings.
         device (Optional[torch.device]): device of the item tables (``meta`` for DMP).
         sampler (Optional[NegativeSampler]): the negative sampler; None builds one with
-            ``config.num_negatives`` per row and seed 0.
+            ``config.num_negatives`` per row (or per position) and seed 0.
 
     Example::
 
@@ -240,7 +242,8 @@ class SequentialModel(nn.Module):
         super().__init__()
         self.num_items = num_items
         self.dims = config.dims()
-        sampler = sampler if sampler is not None else NegativeSampler(num_items, config.num_negatives)
+        if sampler is None:
+            sampler = NegativeSampler(num_items, config.num_negatives, per_position=config.negatives_per_position)
         self.per_position = sampler.per_position
         self.num_negatives = sampler.num_negatives
         self.sampler = sampler

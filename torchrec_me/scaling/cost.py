@@ -15,8 +15,10 @@ are not counted.
 
 * CTR models: FLOPs per sample of the interactions and the head.
 * Sequential models: FLOPs per token (one position of a sequence) of the K encoder
-  stacks and the sampled softmax, at the full ``model.max_seq_len`` (attention grows
-  with the length), over every position of a batch of full-length rows.
+  stacks and the sampled softmax (negatives per row, or per position with
+  ``model.negatives_per_position``), at the full ``model.max_seq_len`` (attention grows
+  with the length; the causal half is counted too, as the dense kernels compute it),
+  over every position of a batch of full-length rows.
 """
 
 import dataclasses
@@ -65,15 +67,17 @@ def _sequential_flops_per_token(model: nn.Module, cfg: Config, rows: int) -> flo
     mask = torch.ones(rows, length, dtype=torch.bool)
     times = torch.arange(length).expand(rows, length) * 60
 
+    per = (rows, length, negatives) if cfg.model.negatives_per_position else (rows, negatives)
+
     def step() -> None:
         users = model.encoders([torch.randn(rows, length, d) for d in dims], mask, times, times + 60)
         model.loss(
             users,
             [torch.randn(rows, length, d) for d in dims],
-            [torch.randn(rows, negatives, d) for d in dims],
+            [torch.randn(*per, d) for d in dims],
             mask,
             torch.zeros(rows, length, dtype=torch.long),
-            torch.ones(rows, negatives, dtype=torch.long),
+            torch.ones(per, dtype=torch.long),
         )
 
     return TRAINING_PASSES * matmul_flops(step) / (rows * length)
