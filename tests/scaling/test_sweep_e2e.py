@@ -83,15 +83,32 @@ def test_fit_writes_report_plot_and_the_held_out_check(swept: Path) -> None:
     assert (swept / "fits" / "val_auc_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_torchx_sweep_component_runs_a_two_cell_sweep_on_local_cwd(tmp_path: Path) -> None:
+def _two_cells(tmp_path: Path) -> Path:
     grid = tmp_path / "two.yaml"
     grid.write_text(GRID.read_text().replace("[4, 8, 12]", "[4, 8]").replace("train.steps: 9", "train.steps: 3")
                     .replace("train.eval_every: 9", "train.eval_every: 3").replace("train.ia_every: 9", "train.ia_every: 0"))
+    return grid
+
+
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_torchx_sweep_component_runs_a_two_cell_sweep_on_local_cwd(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     argv = [str(Path(sys.executable).parent / "torchx"), "run", "-s", "local_cwd", "launch/components.py:sweep",
-            "--grid", str(grid), "--out", str(out), "--slots", "2"]  # fmt: skip
-    run = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+            "--grid", str(_two_cells(tmp_path)), "--out", str(out), "--slots", "2"]  # fmt: skip
+    run = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = read_results(out)
     assert [r["status"] for r in rows] == ["done", "done"] and all(r["val_auc"] > 0.4 for r in rows)
+
+
+def test_every_cell_a_torchx_job_on_local_cwd(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [*CLI, "sweep", "--grid", str(_two_cells(tmp_path)), "--out", str(out), "--launcher", "torchx",
+            "--scheduler", "local_cwd", "--nproc-per-cell", "2"]  # fmt: skip
+    run = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = read_results(out)
+    assert [r["status"] for r in rows] == ["done", "done"] and [r["world_size"] for r in rows] == [2, 2]
+    assert "torchx" in (out / "cells" / "embedding_dim-4" / "output.log").read_text().splitlines()[1]

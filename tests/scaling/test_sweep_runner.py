@@ -112,7 +112,8 @@ def test_sigterm_stops_the_running_cells(tmp_path: Path) -> None:
         script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
         sweep.cell_command = lambda cell, run_dir, nproc: [sys.executable, "-c", script, str(run_dir / "pid")]
         args = Namespace(grid={str(tmp_path / 'grid.yaml')!r}, out={str(tmp_path / 'out')!r}, slots=2, nproc_per_cell=1,
-                         retries=1, retry_failed=False, max_minutes=None, threads_per_cell=None)
+                         retries=1, retry_failed=False, max_minutes=None, threads_per_cell=None, launcher="local",
+                         scheduler="local_cwd", scheduler_args=None, component="launch/components.py:train")
         sys.exit(run_sweep_from_args(args))
     """)
     proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True)
@@ -130,3 +131,16 @@ def test_sigterm_stops_the_running_cells(tmp_path: Path) -> None:
             os.kill(pid, 0)
     rows = read_results(tmp_path / "out")
     assert [r["status"] for r in rows] == ["pending"] * 3  # nothing recorded: all resume next time
+
+
+def test_torchx_launcher_submits_each_cell_as_a_train_job(tmp_path: Path) -> None:
+    cell = sweep.Cell("seed-0", ["model=dcnv2-se-1x", "train.seed=0"], {"train.seed": 0})
+    options = SweepOptions(grid="g.yaml", out=str(tmp_path), nproc_per_cell=2, launcher="torchx", scheduler="slurm",
+                           scheduler_args="partition=cpu")  # fmt: skip
+    cmd = sweep.torchx_command(cell, tmp_path / "cells" / "seed-0", options)
+    assert cmd[1:] == ["run", "-s", "slurm", "-cfg", "partition=cpu", "--wait", "launch/components.py:train", "-j", "1x2",
+                       "--run_dir", str(tmp_path / "cells" / "seed-0"), "--", "model=dcnv2-se-1x", "train.seed=0"]  # fmt: skip
+    with pytest.raises(ConfigError, match="--launcher"):
+        SweepOptions(grid="g", out="o", launcher="ssh").validate()
+    with pytest.raises(ConfigError, match="does not exist here"):
+        SweepOptions(grid="g", out="o", launcher="torchx", component=str(tmp_path / "none.py:train")).validate()

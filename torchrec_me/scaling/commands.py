@@ -18,12 +18,17 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-failed", action="store_true", help="run again the cells a previous sweep recorded as failed")
     parser.add_argument("--max-minutes", type=float, help="start no new cell after this many minutes (resume later)")
     parser.add_argument("--threads-per-cell", type=int, help="OMP threads per process (default: the cores shared out)")
+    parser.add_argument("--launcher", default="local", choices=("local", "torchx"), help="cells as subprocesses or TorchX jobs")
+    parser.add_argument("--scheduler", default="local_cwd", help="TorchX scheduler of --launcher torchx (default local_cwd)")
+    parser.add_argument("--scheduler-args", help="torchx run -cfg of --launcher torchx, e.g. queue=default")
+    parser.add_argument("--component", default="launch/components.py:train", help="TorchX component of a cell")
 
 
 def run_sweep_from_args(args: argparse.Namespace) -> int:
     options = SweepOptions(
         grid=args.grid, out=args.out, slots=args.slots, nproc_per_cell=args.nproc_per_cell, retries=args.retries,
         retry_failed=args.retry_failed, max_minutes=args.max_minutes, threads_per_cell=args.threads_per_cell,
+        launcher=args.launcher, scheduler=args.scheduler, scheduler_args=args.scheduler_args, component=args.component,
     )  # fmt: skip
 
     def job() -> None:

@@ -7,7 +7,12 @@ stdout and stderr, every attempt appended). Cells run in ``--slots`` parallel sl
 each a subprocess: ``python -m torchrec_me.train`` for one process per cell, or
 ``torchrun --standalone --nproc-per-node N`` for N. Each slot gets
 ``OMP_NUM_THREADS = cores / (slots x N)``, so the slots share the cores instead of
-fighting over them.
+fighting over them. With ``--launcher torchx`` each cell is instead a TorchX job of the
+``train`` component (``launch/components.py``) on ``--scheduler`` (``local_cwd``,
+``slurm``, ``kubernetes``, ...), submitted with ``torchx run --wait`` from the repository
+root; ``DIR`` must then be on storage the jobs share. A stopped sweep stops its local
+jobs (TorchX's local schedulers stop their replicas on SIGTERM); jobs on a cluster keep
+running and are cancelled with ``torchx cancel``.
 
 Resuming: a cell is done when its run wrote ``metrics.json`` and exited 0; a sweep run
 again with the same grid skips done cells. A cell that was cut off (the sweep was
@@ -43,6 +48,7 @@ CELLS = "cells"
 STATUS = "cell.json"
 OUTPUT = "output.log"
 LOCK = "sweep.lock"
+LAUNCHERS = ("local", "torchx")
 #: Lines of a failed cell's output kept as its error.
 ERROR_TAIL_LINES = 20
 
@@ -60,6 +66,11 @@ class SweepOptions:
         retry_failed (bool): run cells a previous sweep recorded as failed.
         max_minutes (Optional[float]): start no new cell after this long.
         threads_per_cell (Optional[int]): OMP threads per process (default: the cores shared out).
+        launcher (str): ``local`` (a subprocess per cell) or ``torchx`` (each cell a TorchX
+            job of ``component``, submitted with ``torchx run --wait``).
+        scheduler (str): the TorchX scheduler (``local_cwd``, ``slurm``, ``kubernetes``...).
+        scheduler_args (Optional[str]): ``torchx run -cfg`` (e.g. ``queue=default``).
+        component (str): the TorchX component of a cell.
     """
 
     grid: str
@@ -70,6 +81,10 @@ class SweepOptions:
     retry_failed: bool = False
     max_minutes: Optional[float] = None
     threads_per_cell: Optional[int] = None
+    launcher: str = "local"
+    scheduler: str = "local_cwd"
+    scheduler_args: Optional[str] = None
+    component: str = "launch/components.py:train"
 
     def validate(self) -> None:
         for name in ("slots", "nproc_per_cell"):
@@ -81,11 +96,27 @@ class SweepOptions:
             raise ConfigError(f"--max-minutes must be > 0, got {self.max_minutes}")
         if self.threads_per_cell is not None and self.threads_per_cell < 1:
             raise ConfigError(f"--threads-per-cell must be >= 1, got {self.threads_per_cell}")
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f"--launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        path = self.component.split(":", 1)[0]
+        if self.launcher == "torchx" and path.endswith(".py") and not Path(path).is_file():
+            raise ConfigError(f"--component {self.component!r}: {path} does not exist here (run from the repository root)")
+
+
+def torchx_command(cell: Cell, run_dir: Path, options: "SweepOptions") -> List[str]:
+    """``torchx run --wait`` of the cell's training job; the ``train`` component adds
+    ``--resume`` for its run dir."""
+    torchx = Path(sys.executable).parent / "torchx"
+    cmd = [str(torchx) if torchx.is_file() else "torchx", "run", "-s", options.scheduler]
+    if options.scheduler_args:
+        cmd += ["-cfg", options.scheduler_args]
+    cmd += ["--wait", options.component, "-j", f"1x{options.nproc_per_cell}", "--run_dir", str(run_dir)]
+    return cmd + ["--", *cell.overrides]
 
 
 def cell_command(cell: Cell, run_dir: Path, nproc: int) -> List[str]:
-    """The command line of one attempt of ``cell`` (always ``--resume``: a cell with no
-    checkpoint yet starts from step 0)."""
+    """The command line of one local attempt of ``cell`` (always ``--resume``: a cell
+    with no checkpoint yet starts from step 0)."""
     args = [*cell.overrides, "--run-dir", str(run_dir), "--no-progress", "--resume"]
     if nproc == 1:
         return [sys.executable, "-m", "torchrec_me.train", *args]
@@ -116,14 +147,17 @@ class _Runner:
         self.live: Dict[str, subprocess.Popen] = {}
         self.stopping = False
 
+    def command(self, cell: Cell, run_dir: Path) -> List[str]:
+        if self.options.launcher == "torchx":
+            return torchx_command(cell, run_dir, self.options)
+        return cell_command(cell, run_dir, self.options.nproc_per_cell)
+
     def _attempt(self, cell: Cell, run_dir: Path, attempt: int) -> int:
+        command = self.command(cell, run_dir)
         with open(run_dir / OUTPUT, "a") as log:
-            log.write(f"\n===== attempt {attempt}: {' '.join(cell_command(cell, run_dir, self.options.nproc_per_cell))}\n")
+            log.write(f"\n===== attempt {attempt}: {' '.join(command)}\n")
             log.flush()
-            proc = subprocess.Popen(
-                cell_command(cell, run_dir, self.options.nproc_per_cell),
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
-            )  # fmt: skip
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
             self.live[cell.name] = proc
             try:
                 return proc.wait()
