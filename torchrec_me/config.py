@@ -44,6 +44,8 @@ class DataConfig:
         num_items (int): synthetic sequences: items.
         mean_length (float): synthetic sequences: mean sequence length.
         num_topics (int): synthetic sequences: latent interests of the generator.
+        train_user_fraction (float): sequences: train on this share of the users (a
+            seeded subset; evaluation keeps every user), for data-scaling studies.
     """
 
     name: str = "synthetic"
@@ -59,9 +61,12 @@ class DataConfig:
     num_items: int = 2048
     mean_length: float = 50.0
     num_topics: int = 16
+    train_user_fraction: float = 1.0
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first key out of range."""
+        if not 0.0 < self.train_user_fraction <= 1.0:  # NaN fails too
+            _fail("data.train_user_fraction", f"must be in (0, 1], got {self.train_user_fraction!r}")
         _check_at_least("data", {"val_samples": self.val_samples, "max_cardinality": self.max_cardinality,
                                  "teacher_dim": self.teacher_dim}, 1)  # fmt: skip
         if not 0.0 < self.positive_rate < 1.0:  # NaN fails too

@@ -153,7 +153,8 @@ def load_dataset(cfg: Config) -> Dataset:
     """The dataset ``cfg`` describes (name resolved by :func:`dataset_config`)."""
     data = dataset_config(cfg)
     if family_of(cfg).sequential:
-        options = ReadOptions(seed=data.seed, train_on_val=cfg.train.eval_protocol == "reference")
+        options = ReadOptions(seed=data.seed, train_on_val=cfg.train.eval_protocol == "reference",
+                              train_user_fraction=data.train_user_fraction)  # fmt: skip
         return SEQUENCE_DATASETS[data.name](data, options)
     return build_dataset(data)
 

@@ -172,3 +172,22 @@ def test_train_on_val_adds_the_validation_targets(prepared: SequenceReader) -> N
     assert torch.equal(reference.item_counts - prepared.item_counts, torch.bincount(torch.from_numpy(val_items),
                                                                                      minlength=prepared.num_items))
     assert np.array_equal(reference.eval_users("test"), prepared.eval_users("test"))
+
+
+def test_a_share_of_the_users_trains_and_every_user_is_evaluated(reader: SequenceReader) -> None:
+    t = reader.table
+    parts = {f: SequenceReader(t, reader.num_items, True, ReadOptions(train_user_fraction=f)) for f in (0.1, 0.3, 1.0)}
+    kept = {f: set(np.flatnonzero(r.training_users()).tolist()) for f, r in parts.items() if f < 1}
+    assert parts[1.0].training_users() is None
+    assert len(kept[0.1]) == max(1, round(0.1 * reader.num_users)) and kept[0.1] <= kept[0.3]
+    for f, r in parts.items():
+        users = set(r.windows(S)[0].tolist())
+        assert users == (kept[f] if f < 1 else set(reader.windows(S)[0].tolist())) & set(reader.windows(S)[0].tolist())
+        assert np.array_equal(r.eval_users("test"), reader.eval_users("test"))
+    mask = parts[0.3].training_users()
+    expected = np.zeros(reader.num_items, np.int64)
+    for u in np.flatnonzero(mask):
+        np.add.at(expected, t.items[t.offsets[u] : t.offsets[u] + t.train_len[u]], 1)
+    assert torch.equal(parts[0.3].item_counts, torch.from_numpy(expected))  # popularity of the same users
+    with pytest.raises(DatasetError, match="train_user_fraction"):
+        ReadOptions(train_user_fraction=0.0)

@@ -74,16 +74,22 @@ class ReadOptions:
             most recent window of each user); see :data:`TRAIN_WINDOWS`.
         train_on_val (bool): train on the validation targets as well (the reference
             protocol); see the module docstring.
+        train_user_fraction (float): train on the windows of this share of the users,
+            a subset drawn by ``seed`` (nested: a smaller share is a subset of a larger
+            one); evaluation keeps every user.
     """
 
     seed: int = 0
     train_windows: str = "all"
     train_on_val: bool = False
+    train_user_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.train_windows not in TRAIN_WINDOWS:
             choices = ", ".join(TRAIN_WINDOWS)
             raise DatasetError(f"unknown train_windows {self.train_windows!r}; choose one of {choices}")
+        if not 0.0 < self.train_user_fraction <= 1.0:
+            raise DatasetError(f"train_user_fraction must be in (0, 1], got {self.train_user_fraction!r}")
 
 
 @dataclass
@@ -129,11 +135,15 @@ class SequenceTable:
         train_len = np.maximum(self.train_len, self.targets["val"] + 1)
         return SequenceTable(self.offsets, self.items, self.timestamps, self.ratings, train_len, self.targets)
 
-    def train_counts(self, num_items: int) -> np.ndarray:
-        """(num_items,) int64 occurrences of each item at training positions."""
+    def train_counts(self, num_items: int, users: Optional[np.ndarray] = None) -> np.ndarray:
+        """(num_items,) int64 occurrences of each item at training positions (of the
+        users where the (U,) bool mask ``users`` is True, or of all)."""
         lengths = np.diff(self.offsets)
         position = np.arange(self.offsets[-1]) - np.repeat(self.offsets[:-1], lengths)
-        return np.bincount(self.items[position < np.repeat(self.train_len, lengths)], minlength=num_items)
+        trained = position < np.repeat(self.train_len, lengths)
+        if users is not None:
+            trained &= np.repeat(users, lengths)
+        return np.bincount(self.items[trained], minlength=num_items)
 
 
 def all_windows(train_len: np.ndarray, max_seq_len: int) -> Windows:
@@ -187,8 +197,8 @@ class SequenceReader:
         self.num_items = num_items
         self.has_timestamps = has_timestamps
         self.options = options
-        known = item_counts is not None and not options.train_on_val
-        counts = item_counts if known else self.table.train_counts(num_items)
+        known = item_counts is not None and not options.train_on_val and options.train_user_fraction >= 1.0
+        counts = item_counts if known else self.table.train_counts(num_items, self.training_users())
         self.item_counts = torch.tensor(np.asarray(counts), dtype=torch.int64)  # (num_items,), a copy
         self._windows: Dict[int, Windows] = {}
         self._perms: Dict[Tuple[int, int], np.ndarray] = {}
@@ -226,8 +236,26 @@ class SequenceReader:
         if max_seq_len < 1:
             raise DatasetError(f"max_seq_len must be >= 1, got {max_seq_len}")
         if max_seq_len not in self._windows:
-            self._windows[max_seq_len] = TRAIN_WINDOWS[self.options.train_windows](self.table.train_len, max_seq_len)
+            windows = TRAIN_WINDOWS[self.options.train_windows](self.table.train_len, max_seq_len)
+            keep = self.training_users()
+            if keep is not None:
+                windows = tuple(w[keep[windows[0]]] for w in windows)  # type: ignore[assignment]
+            self._windows[max_seq_len] = windows
         return self._windows[max_seq_len]
+
+    def training_users(self) -> Optional[np.ndarray]:
+        """(U,) bool mask of the users whose windows are trained on (None: all of them).
+
+        Users are ranked by one seeded random permutation and the first
+        ``round(fraction * U)`` kept, so 10% of the users is a subset of 30%."""
+        fraction = self.options.train_user_fraction
+        if fraction >= 1.0:
+            return None
+        u = self.num_users
+        order = np.random.default_rng(np.random.SeedSequence([self.options.seed, 0xF4AC])).permutation(u)
+        keep = np.zeros(u, dtype=bool)
+        keep[order[: max(1, round(fraction * u))]] = True
+        return keep
 
     def _epoch_perm(self, epoch: int, n: int) -> np.ndarray:
         """The order of the ``n`` training windows in ``epoch`` (the same on every rank)."""
