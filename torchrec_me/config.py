@@ -46,6 +46,9 @@ class DataConfig:
         num_topics (int): synthetic sequences: latent interests of the generator.
         train_user_fraction (float): sequences: train on this share of the users (a
             seeded subset; evaluation keeps every user), for data-scaling studies.
+        positive_rating (float): ranking on rated sequences: ``rating >= it`` is a positive.
+        ranking_negatives (int): ranking: sampled negatives per interaction; -1 (default)
+            is 1 on implicit data and 0 on rated data.
     """
 
     name: str = "synthetic"
@@ -62,9 +65,13 @@ class DataConfig:
     mean_length: float = 50.0
     num_topics: int = 16
     train_user_fraction: float = 1.0
+    positive_rating: float = 4.0
+    ranking_negatives: int = -1
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first key out of range."""
+        _check_at_least("data", {"ranking_negatives": self.ranking_negatives}, -1)
+        _check_finite("data", {"positive_rating": self.positive_rating}, -math.inf, math.inf)
         if not 0.0 < self.train_user_fraction <= 1.0:  # NaN fails too
             _fail("data.train_user_fraction", f"must be in (0, 1], got {self.train_user_fraction!r}")
         _check_at_least("data", {"val_samples": self.val_samples, "max_cardinality": self.max_cardinality,
@@ -105,9 +112,11 @@ class ModelConfig:
 
     Sequential backbones (``hstu``, ``sasrec``, ``llama``) also read ``num_sets``,
     ``embedding_dim``, ``set_dims``, ``dropout`` and ``shared_interaction`` (one encoder
-    for all K sets), and:
+    for all K sets), ``hidden_dim`` (ranking: the fused width), and:
 
     Args:
+        task (str): ``retrieval`` (next-item prediction over every item) or ``ranking``
+            (a label per interaction; see ``torchrec_me/models/ranking.py``).
         num_blocks (int): encoder blocks.
         num_heads (int): attention heads (every set dim divisible by it).
         max_seq_len (int): longest history the encoder reads.
@@ -125,6 +134,7 @@ class ModelConfig:
     """
 
     backbone: str = "dcnv2"
+    task: str = "retrieval"
     num_sets: int = 4
     embedding_dim: int = 12
     set_dims: Optional[List[int]] = None
@@ -162,6 +172,8 @@ class ModelConfig:
         _check_at_least("model", {"num_sets": self.num_sets, "hidden_dim": self.hidden_dim,
                                   "fs_hidden_dim": self.fs_hidden_dim}, 1)  # fmt: skip
         _check_at_least("model", {"num_cross_layers": self.num_cross_layers}, 0)
+        if self.task not in TASKS:
+            _fail("model.task", f"must be one of {', '.join(TASKS)}; got {self.task!r}")
         if self.set_dims is not None and len(self.set_dims) != self.num_sets:
             _fail("model.set_dims", f"has {len(self.set_dims)} entries but model.num_sets={self.num_sets}")
         dim_key = "model.set_dims" if self.set_dims else "model.embedding_dim"
@@ -288,6 +300,7 @@ class Config:
 DEVICES = ("auto", "cpu", "cuda")
 DENSE_OPTIMIZERS = ("adam", "adamw")
 EVAL_PROTOCOLS = ("honest", "reference")
+TASKS = ("retrieval", "ranking")
 
 
 def _fail(key: str, msg: str) -> None:

@@ -7,9 +7,11 @@ AUC with torchmetrics' ``binary_auroc`` on all samples (not an average of per-ba
 AUCs) and logloss in float64.
 """
 
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -89,6 +91,54 @@ def binary_metrics(scores: Scores) -> Dict[str, float]:
     if scores.teacher is not None:
         out["oracle_auc"] = float(binary_auroc(scores.teacher, target.long()))
         out["oracle_logloss"] = float(torch.nn.functional.binary_cross_entropy(scores.teacher, target.double()))
+    return out
+
+
+def gauc(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> Tuple[float, int]:
+    """Group AUC: the mean of the per-group (per-user) AUCs weighted by each group's
+    impressions (rows), over the groups that hold both labels; and how many such groups
+    there are. ``nan`` when none does (e.g. one row per user).
+
+    Per group the AUC is the Mann-Whitney statistic with ties counted half, from the
+    ranks of the scores within the group (ties share their mean rank).
+    """
+    g, score, y = groups.cpu().numpy(), logits.double().cpu().numpy(), labels.cpu().numpy() > 0.5
+    order = np.lexsort((score, g))
+    g, score, y = g[order], score[order], y[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    total, weight, used = 0.0, 0, 0
+    for lo, hi in zip(starts, np.r_[starts[1:], len(g)]):
+        pos = int(y[lo:hi].sum())
+        neg = hi - lo - pos
+        if pos == 0 or neg == 0:
+            continue
+        ranks = rankdata(score[lo:hi])
+        auc = (ranks[y[lo:hi]].sum() - pos * (pos + 1) / 2) / (pos * neg)
+        total, weight, used = total + (hi - lo) * auc, weight + (hi - lo), used + 1
+    return (float(total / weight) if weight else math.nan), used
+
+
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of sorted ``values`` (ascending), ties given their mean rank."""
+    ranks = np.arange(1, len(values) + 1, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    for lo, hi in zip(starts, ends):
+        if hi - lo > 1:
+            ranks[lo:hi] = (lo + 1 + hi) / 2
+    return ranks
+
+
+def evaluate_ranking(model: nn.Module, dataset: Any, ctx: DistContext, batch_size: int, split: str = "val") -> Dict[str, Any]:
+    """Collective: ``auc``, ``logloss`` and ``samples`` of a sequential ranker on
+    ``split``, and ``gauc`` over its users (``gauc_users``: users with both labels;
+    ``gauc`` is None when there are none, e.g. one labelled row per user)."""
+    scores = score_split(model, dataset, ctx, batch_size, split)
+    out: Dict[str, Any] = binary_metrics(scores)
+    users = torch.from_numpy(dataset.eval_examples(split)[0]).to(scores.rows.device)[scores.rows]
+    value, out["gauc_users"] = gauc(scores.logits, scores.labels, users)
+    out["gauc"] = None if math.isnan(value) else value
+    out["positive_rate"] = float(scores.labels.mean()) if scores.labels.numel() else math.nan
     return out
 
 

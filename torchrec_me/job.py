@@ -29,15 +29,17 @@ from torchrec_me.data import DATASET_REGISTRY, Dataset, build_dataset
 from torchrec_me.data.sequence_batch import ITEM_FEATURE
 from torchrec_me.data.sequences.dataset import SequenceDataset
 from torchrec_me.data.sequences.layout import load_sequence_metadata
+from torchrec_me.data.sequences.ranking import RankingOptions, RankingRows
 from torchrec_me.data.sequences.reader import ReadOptions
 from torchrec_me.data.sequences.synthetic import SyntheticSequenceConfig, SyntheticSequences
 from torchrec_me.data.store import DatasetError, load_metadata
 from torchrec_me.distributed import checkpoint as ckpt
 from torchrec_me.distributed.optimizers import SPARSE_OPTIMIZERS, apply_sparse_optimizer, build_optimizer, table_kernel
 from torchrec_me.distributed.sharding import DistContext, init_distributed, plan_and_shard, replicate
-from torchrec_me.evaluation import evaluate
+from torchrec_me.evaluation import evaluate, evaluate_ranking
 from torchrec_me.retrieval import evaluate_retrieval
 from torchrec_me.models import BACKBONE_REGISTRY, PRESET_REGISTRY, MultiEmbeddingTrain, build_model
+from torchrec_me.models.ranking import SequentialRanker, SequentialRankerTrain
 from torchrec_me.models.sequential import SequentialConfig, SequentialModel, SequentialTrain
 from torchrec_me.models.sequential_presets import SEQUENTIAL_PRESETS
 from torchrec_me.modules.layouts import LAYOUT_REGISTRY
@@ -123,6 +125,9 @@ def check_job_config(cfg: Config) -> None:
     _check_member("model.regularizer", cfg.model.regularizer, REGULARIZER_REGISTRY, extra=("none",))
     _check_device_and_optimizer(cfg)
     _check_layout(cfg)
+    if cfg.model.task == "ranking" and cfg.model.backbone not in ENCODER_REGISTRY:
+        _fail("model.task", f"ranking reads user sequences: it needs a sequential backbone ({', '.join(ENCODER_REGISTRY)}), "
+                            f"got model.backbone={cfg.model.backbone}")
     if family_of(cfg).sequential:
         sequential_config(cfg.model)  # the encoders validate their own keys
     _check_data(cfg)
@@ -152,10 +157,15 @@ def job_config_from_dict(mapping: Mapping[str, Any], origin: str = "saved config
 def load_dataset(cfg: Config) -> Dataset:
     """The dataset ``cfg`` describes (name resolved by :func:`dataset_config`)."""
     data = dataset_config(cfg)
-    if family_of(cfg).sequential:
+    family = family_of(cfg)
+    if family.sequential:
         options = ReadOptions(seed=data.seed, train_on_val=cfg.train.eval_protocol == "reference",
                               train_user_fraction=data.train_user_fraction)  # fmt: skip
-        return SEQUENCE_DATASETS[data.name](data, options)
+        reader = SEQUENCE_DATASETS[data.name](data, options)
+        if family.kind == "ranking":
+            ranking = RankingOptions(data.positive_rating, data.ranking_negatives, data.seed, cfg.model.max_seq_len)
+            return RankingRows(reader, ranking)
+        return reader
     return build_dataset(data)
 
 
@@ -176,6 +186,10 @@ def _sequential_module(cfg: Config, dataset: Dataset, device: Optional[torch.dev
     return SequentialTrain(SequentialModel(dataset.num_items, seq, device=device, sampler=sampler))
 
 
+def _ranking_module(cfg: Config, dataset: Dataset, device: Optional[torch.device]) -> nn.Module:
+    return SequentialRankerTrain(SequentialRanker(dataset.num_items, sequential_config(cfg.model), cfg.model.hidden_dim, device))
+
+
 def _synthetic_sequences(data: DataConfig, options: ReadOptions) -> Dataset:
     params = SyntheticSequenceConfig(num_users=data.num_users, num_items=data.num_items, mean_length=data.mean_length,
                                      num_topics=data.num_topics, seed=data.seed)  # fmt: skip
@@ -194,7 +208,8 @@ class Family:
     checkpoints and the analysis are shared.
 
     Args:
-        sequential (bool): next-item models over user sequences.
+        kind (str): ``ctr``, ``retrieval`` or ``ranking`` (the metrics the run reports).
+        sequential (bool): models over user sequences (retrieval and ranking).
         datasets (Collection[str]): dataset names the family reads.
         synthetic_dataset (str): the default (embedded) dataset.
         prepared_dataset (str): the dataset name a bare ``data.path`` selects.
@@ -209,6 +224,7 @@ class Family:
         load_metadata (Callable): ``path -> metadata`` of a prepared dataset (raises DatasetError).
     """
 
+    kind: str
     sequential: bool
     datasets: Collection[str]
     synthetic_dataset: str
@@ -225,7 +241,7 @@ class Family:
 
 FAMILIES: Dict[str, Family] = {
     "ctr": Family(
-        sequential=False, datasets=tuple(DATASET_REGISTRY), synthetic_dataset="synthetic",
+        kind="ctr", sequential=False, datasets=tuple(DATASET_REGISTRY), synthetic_dataset="synthetic",
         prepared_dataset="parquet", build_module=_ctr_module, primary_metric="auc",
         evaluate=lambda model, ds, ctx, cfg, split: evaluate(model, ds, ctx, cfg.train.eval_batch_size, split),
         train_batches=lambda ds, cfg, rank, ws, start, stop: ds.train_batches(rank, ws, cfg.train.batch_size, start, stop),
@@ -233,7 +249,7 @@ FAMILIES: Dict[str, Family] = {
         id_features=lambda batch: batch.sparse_features, pipeline_postproc=False, load_metadata=load_metadata,
     ),
     "sequential": Family(
-        sequential=True, datasets=tuple(SEQUENCE_DATASETS), synthetic_dataset="synthetic_sequences",
+        kind="retrieval", sequential=True, datasets=tuple(SEQUENCE_DATASETS), synthetic_dataset="synthetic_sequences",
         prepared_dataset="sequences", build_module=_sequential_module, primary_metric="ndcg@10",
         evaluate=evaluate_retrieval,
         train_batches=lambda ds, cfg, rank, ws, start, stop: ds.train_batches(
@@ -241,12 +257,23 @@ FAMILIES: Dict[str, Family] = {
         id_tables=lambda ds: {ITEM_FEATURE: ds.num_items}, id_features=lambda batch: batch.items,
         pipeline_postproc=True, load_metadata=load_sequence_metadata,
     ),
+    "ranking": Family(
+        kind="ranking", sequential=True, datasets=tuple(SEQUENCE_DATASETS), synthetic_dataset="synthetic_sequences",
+        prepared_dataset="sequences", build_module=_ranking_module, primary_metric="auc",
+        evaluate=lambda model, ds, ctx, cfg, split: evaluate_ranking(model, ds, ctx, cfg.train.eval_batch_size, split),
+        train_batches=lambda ds, cfg, rank, ws, start, stop: ds.train_batches(
+            rank, ws, cfg.train.batch_size, start, stop, cfg.model.max_seq_len),
+        id_tables=lambda ds: {ITEM_FEATURE: ds.num_items}, id_features=lambda batch: batch.items,
+        pipeline_postproc=False, load_metadata=load_sequence_metadata,
+    ),
 }  # fmt: skip
 
 
 def family_of(cfg: Config) -> Family:
-    """The model family of ``cfg.model.backbone``."""
-    return FAMILIES["sequential" if cfg.model.backbone in ENCODER_REGISTRY else "ctr"]
+    """The model family of ``cfg.model.backbone`` and ``cfg.model.task``."""
+    if cfg.model.backbone not in ENCODER_REGISTRY:
+        return FAMILIES["ctr"]
+    return FAMILIES["ranking" if cfg.model.task == "ranking" else "sequential"]
 
 
 def build_train_module(cfg: Config, dataset: Dataset, device: Optional[torch.device] = None) -> nn.Module:

@@ -82,7 +82,7 @@ def _metrics(job: Job, state: LoopState, val: Dict[str, float], resumed_from: Op
     cfg = job.cfg
     global_batch = cfg.train.batch_size * job.ctx.world_size
     metrics: Dict[str, Any] = {
-        **(_sequential_metrics(job, val) if job.family.sequential else _ctr_metrics(val)),
+        **FAMILY_METRICS[job.family.kind](job, val),
         "train_samples_per_s": (state.step * global_batch / state.train_seconds) if state.train_seconds > 0 else 0.0,
         "train_seconds": state.train_seconds,
         "steps": state.step,
@@ -101,19 +101,30 @@ def _metrics(job: Job, state: LoopState, val: Dict[str, float], resumed_from: Op
 
 def _cost(job: Job, state: LoopState, tracker: IdFrequencyTracker) -> Dict[str, Any]:
     """Collective: parameter counts and training FLOPs (:mod:`torchrec_me.scaling.cost`),
-    samples (sequences) and, for sequential models, tokens (item ids read) trained on."""
+    samples (CTR rows, sequences, ranking rows) and, for sequential models, tokens (item
+    ids read) trained on."""
     cost = training_flops(job.cfg, job.dataset)
     samples = state.step * job.cfg.train.batch_size * job.ctx.world_size
     out: Dict[str, Any] = {"dense_params": cost["dense_params"], "sparse_params": cost["sparse_params"], "train_samples": samples}
     if job.family.sequential:
-        tokens = tracker.synced().total_ids
-        out.update(train_flops_per_token=cost["flops_per_token"], train_tokens=tokens, train_flops=cost["flops_per_token"] * tokens)
+        out["train_tokens"] = tracker.synced().total_ids
+    if "flops_per_token" in cost:
+        out.update(train_flops_per_token=cost["flops_per_token"], train_flops=cost["flops_per_token"] * out["train_tokens"])
     else:
         out.update(train_flops_per_sample=cost["flops_per_sample"], train_flops=cost["flops_per_sample"] * samples)
     return out
 
 
-def _ctr_metrics(val: Dict[str, float]) -> Dict[str, Any]:
+def _ranking_metrics(job: Job, val: Dict[str, float]) -> Dict[str, Any]:
+    """Validation metrics as the CTR models name them, GAUC, and the rows' make-up."""
+    ds = job.dataset
+    out: Dict[str, Any] = {f"val_{k}": v for k, v in val.items()}
+    out.update(task="ranking", num_items=ds.num_items, num_users=ds.num_users, implicit_labels=ds.implicit,
+               ranking_negatives=ds.negatives)  # fmt: skip
+    return out
+
+
+def _ctr_metrics(job: Job, val: Dict[str, float]) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         "val_auc": val["auc"], "val_logloss": val["logloss"], "val_samples": val["samples"],
         "oracle_auc": val.get("oracle_auc"), "oracle_logloss": val.get("oracle_logloss"),
@@ -137,12 +148,18 @@ def _sequential_metrics(job: Job, val: Dict[str, float]) -> Dict[str, Any]:
     return out
 
 
+FAMILY_METRICS = {"ctr": _ctr_metrics, "retrieval": _sequential_metrics, "ranking": _ranking_metrics}
+
+
 def _print_summary(job: Job, metrics: Dict[str, Any]) -> None:
     if job.ctx.rank != 0:
         return
     metric = job.family.primary_metric
     line = f"validation: {metric} {metrics[f'val_{metric}']:.4f}"
-    if job.family.sequential:
+    if job.family.kind == "ranking":
+        gauc = "n/a (one row per user)" if metrics["val_gauc"] is None else f"{metrics['val_gauc']:.4f}"
+        line += f"  gauc {gauc}  logloss {metrics['val_logloss']:.4f}"
+    elif job.family.sequential:
         line += f"  hr@10 {metrics['val_hr@10']:.4f}  (popularity test hr@10 {metrics['popularity_test_hr@10']:.4f}"
         line += f", oracle {metrics['val_oracle_hr@10']:.4f})" if "val_oracle_hr@10" in metrics else ")"
     else:

@@ -36,7 +36,29 @@ def _cfg(world_size: int, sparse_optimizer: str) -> Config:
 
 def _worker(rank: int, world_size: int) -> Dict[str, Dict[str, Any]]:
     ctx = init_distributed("cpu")
-    return {opt: _train(rank, world_size, ctx, opt) for opt in OPTIMIZERS}
+    out = {opt: _train(rank, world_size, ctx, opt) for opt in OPTIMIZERS}
+    out["ranking"] = _train_ranking(rank, world_size, ctx)
+    return out
+
+
+def _train_ranking(rank: int, world_size: int, ctx: Any) -> Dict[str, Any]:
+    """The ME-2x HSTU ranker on implicit synthetic rows (one sampled negative each)."""
+    cfg = load_job_config(overrides=[
+        "model=hstu-me-2x", "model.task=ranking", "model.max_seq_len=12", "model.dropout=0", "model.hidden_dim=32",
+        "data.num_users=64", "data.num_items=100", f"train.batch_size={GLOBAL_BATCH // world_size}",
+        "train.sparse_lr=0.05", "train.dense_lr=0.01", "train.eval_batch_size=16",
+    ])  # fmt: skip
+    job = build_job(cfg, ctx)
+    torch.manual_seed(0)
+    load_unsharded_state_dict(job.model, build_train_module(cfg, job.dataset).state_dict())
+    pipeline = make_pipeline(job)
+    batches = job.family.train_batches(job.dataset, job.cfg, rank, world_size, 0, STEPS)
+    losses = [pipeline.progress(batches)[0].item() for _ in range(STEPS)]
+    pipelined = len(pipeline._pipelined_modules)
+    pipeline.detach()
+    val = job.family.evaluate(job.model, job.dataset, ctx, job.cfg, "val")
+    arch = {k: v.detach().clone() for k, v in job.model.module.model.arch.state_dict().items()}
+    return {"losses": losses, "pipelined": pipelined, "val": val, "arch": arch}
 
 
 def _train(rank: int, world_size: int, ctx: Any, sparse_optimizer: str) -> Dict[str, Any]:
@@ -65,6 +87,19 @@ def _train(rank: int, world_size: int, ctx: Any, sparse_optimizer: str) -> Dict[
 @pytest.fixture(scope="module")
 def spawned() -> Dict[int, List[Dict[str, Any]]]:
     return {1: run_ranks(_worker, world_size=1), 2: run_ranks(_worker, world_size=2)}
+
+
+def test_ranking_pipelines_every_set_and_two_ranks_take_one_process_steps(spawned: Dict[int, List[Dict[str, Any]]]) -> None:
+    one, two = spawned[1][0]["ranking"], [r["ranking"] for r in spawned[2]]
+    assert one["pipelined"] == 2 and all(r["pipelined"] == 2 for r in two)  # K = 2 collections
+    # Equal per-rank batches: the mean of the ranks' mean losses is the global mean.
+    assert [(a + b) / 2 for a, b in zip(two[0]["losses"], two[1]["losses"])] == pytest.approx(one["losses"], rel=1e-4)
+    for r in two:
+        # 128 validation rows: one swapped pair of near-equal scores moves the AUC by 1/4096.
+        assert r["val"]["auc"] == pytest.approx(one["val"]["auc"], abs=5e-4)
+        assert r["val"]["logloss"] == pytest.approx(one["val"]["logloss"], rel=1e-4)
+        for name, value in one["arch"].items():
+            torch.testing.assert_close(r["arch"][name], value, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(params=OPTIMIZERS)

@@ -14,7 +14,9 @@ weights). Element-wise work (activations, norms, dropout) and the embedding look
 are not counted.
 
 * CTR models: FLOPs per sample of the interactions and the head.
-* Sequential models: FLOPs per token (one position of a sequence) of the K encoder
+* Sequential rankers: FLOPs per sample, one row of ``model.max_seq_len`` tokens (encoders,
+  fusion and head).
+* Sequential retrieval models: FLOPs per token (one position of a sequence) of the K encoder
   stacks and the sampled softmax (negatives per row, or per position with
   ``model.negatives_per_position``), at the full ``model.max_seq_len`` (attention grows
   with the length; the causal half is counted too, as the dense kernels compute it),
@@ -31,6 +33,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 
 from torchrec_me.config import Config
 from torchrec_me.job import build_train_module, family_of
+from torchrec_me.models.ranking import RankingViews
 
 #: Training FLOPs per forward FLOP: the forward, and a backward of twice its matmuls.
 TRAINING_PASSES = 3
@@ -83,17 +86,31 @@ def _sequential_flops_per_token(model: nn.Module, cfg: Config, rows: int) -> flo
     return TRAINING_PASSES * matmul_flops(step) / (rows * length)
 
 
+def _ranking_flops_per_sample(model: nn.Module, cfg: Config, rows: int) -> float:
+    """A ranking sample is one row of ``max_seq_len`` tokens, the candidate last."""
+    length = cfg.model.max_seq_len
+    mask = torch.ones(rows, length, dtype=torch.bool)
+    times = torch.arange(length).expand(rows, length) * 60
+    actions = torch.ones(rows, length, dtype=torch.long)
+    items = [torch.randn(rows, length, d) for d in cfg.model.dims()]
+    views = RankingViews(items, mask, times, actions, torch.full((rows,), length - 1))
+    return TRAINING_PASSES * matmul_flops(lambda: model.arch(views)) / rows
+
+
 def training_flops(cfg: Config, dataset: Any, rows: int = 4) -> Dict[str, Any]:
-    """Training FLOPs of ``cfg``'s dense part: ``{"flops_per_sample"}`` (CTR) or
-    ``{"flops_per_token"}`` (sequential), counted on the plain kernels
+    """Training FLOPs of ``cfg``'s dense part: ``{"flops_per_sample"}`` (CTR, ranking) or
+    ``{"flops_per_token"}`` (retrieval), counted on the plain kernels
     (``model.fused_dense=false``) so that the figure is the model's math whichever
     kernels run it, with the tables on ``meta``; and the parameter counts."""
     plain = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fused_dense=False))
     module = build_train_module(plain, dataset, torch.device("meta"))
     out: Dict[str, Any] = parameter_counts(module)
     model = module.model.eval()
-    if family_of(cfg).sequential:
+    kind = family_of(cfg).kind
+    if kind == "retrieval":
         out["flops_per_token"] = _sequential_flops_per_token(model, plain, rows)
+    elif kind == "ranking":
+        out["flops_per_sample"] = _ranking_flops_per_sample(model, plain, rows)
     else:
         out["flops_per_sample"] = _ctr_flops_per_sample(model, plain, dataset, rows)
     return out

@@ -175,6 +175,25 @@ def gather(
     return index, lengths
 
 
+def stream_slice(
+    n: int, epoch_perm: Callable[[int, int], np.ndarray], step: int, rank: int, world_size: int, batch_size: int
+) -> np.ndarray:
+    """Rank ``rank``'s indices of training step ``step`` in a global stream of epochs of
+    ``n`` examples, epoch ``e`` ordered by ``epoch_perm(e, n)``: positions
+    ``[step*G + rank*b, step*G + (rank+1)*b)``, ``G = b * world_size`` (may cross an epoch)."""
+    if not 0 <= rank < world_size:
+        raise DatasetError(f"rank {rank} is outside a world of {world_size}")
+    parts: List[np.ndarray] = []
+    p = step * batch_size * world_size + rank * batch_size
+    hi = p + batch_size
+    while p < hi:
+        epoch, k = divmod(p, n)
+        take = min(hi - p, n - k)
+        parts.append(epoch_perm(epoch, n)[k : k + take])
+        p += take
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 class SequenceReader:
     """Training and evaluation batches over a :class:`SequenceTable`; see the module docstring.
 
@@ -273,17 +292,7 @@ class SequenceReader:
         n = len(self.windows(max_seq_len)[0])
         if n == 0:
             raise DatasetError("no user has two training items: there is no training window")
-        if not 0 <= rank < world_size:
-            raise DatasetError(f"rank {rank} is outside a world of {world_size}")
-        parts: List[np.ndarray] = []
-        p = step * batch_size * world_size + rank * batch_size
-        hi = p + batch_size
-        while p < hi:
-            epoch, k = divmod(p, n)
-            take = min(hi - p, n - k)
-            parts.append(self._epoch_perm(epoch, n)[k : k + take])
-            p += take
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return stream_slice(n, self._epoch_perm, step, rank, world_size, batch_size)
 
     def train_batches(
         self, rank: int, world_size: int, batch_size: int, start: int = 0, stop: Optional[int] = None,

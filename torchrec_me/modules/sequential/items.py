@@ -101,6 +101,9 @@ class ItemEmbeddingSets(nn.Module):
         num_items (int): rows of every table; ids are in ``[0, num_items)``.
         embedding_dims (Sequence[int]): the K set dims D_k (multiples of 4, FBGEMM).
         device (Optional[torch.device]): where the tables live (``meta`` for DMP).
+        features (Sequence[str]): the features reading the tables: ``item`` and
+            ``item_negative`` (retrieval), or ``item`` alone (ranking: the batch's KJT
+            goes straight in, so the pipeline pipelines it without a postproc module).
 
     Example::
 
@@ -109,9 +112,13 @@ class ItemEmbeddingSets(nn.Module):
         outs[1]["item"].values().shape  # (3, 12)
     """
 
-    def __init__(self, num_items: int, embedding_dims: Sequence[int], device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self, num_items: int, embedding_dims: Sequence[int], device: Optional[torch.device] = None,
+        features: Sequence[str] = (ITEM_FEATURE, NEGATIVE_FEATURE),
+    ) -> None:  # fmt: skip
         super().__init__()
         self.num_items = num_items
+        self.features = list(features)
         self.embedding_dims = list(embedding_dims)
         self.ecs = nn.ModuleList(
             EmbeddingCollection(tables=[self._table(k, dim)], device=device) for k, dim in enumerate(embedding_dims)
@@ -122,7 +129,7 @@ class ItemEmbeddingSets(nn.Module):
             name=set_table_name(set_index, ITEM_FEATURE),
             embedding_dim=dim,
             num_embeddings=self.num_items,
-            feature_names=[ITEM_FEATURE, NEGATIVE_FEATURE],
+            feature_names=list(self.features),
             weight_init_min=-ITEM_INIT_BOUND,
             weight_init_max=ITEM_INIT_BOUND,
         )
