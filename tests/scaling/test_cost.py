@@ -14,7 +14,7 @@ def test_tables_are_sparse_and_everything_else_dense() -> None:
     assert parameter_counts(model) == {"dense_params": 8 * 3 + 3, "sparse_params": 30 * 8}
 
 
-@pytest.mark.parametrize("blocks, length", [(1, 20), (2, 50), (3, 200)])
+@pytest.mark.parametrize("blocks, length", [(1, 20), (3, 64)])
 def test_hstu_flops_per_token(blocks: int, length: int) -> None:
     """Per token and block: the uvqk projection 2*D*4D, the output projection 2*D*D,
     q k^T and A v 2*L*D each; the loss scores M negatives, 2*M*D; training is 3x."""

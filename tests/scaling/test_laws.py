@@ -33,7 +33,7 @@ def test_loglinear_matches_the_closed_form_least_squares() -> None:
 
 def test_a_law_that_holds_predicts_the_held_out_largest_point() -> None:
     xs, ys = _seeds(0.5 + 0.8 * (X / X[0]) ** -0.5, noise=0.002)
-    report = analyse_law("power", xs, ys, bootstrap=200)
+    report = analyse_law("power", xs, ys, bootstrap=100)
     lo, hi = report.intervals["alpha"]
     assert lo < 0.5 < hi
     assert report.held_out_x == X[-1] and report.held_out_seeds == 3
@@ -46,7 +46,7 @@ def test_a_curve_that_turns_down_at_the_largest_point_fails_the_check() -> None:
     y = 0.70 + 0.01 * np.log10(X)
     y[-1] -= 0.02
     xs, ys = _seeds(y, noise=0.001)
-    report = analyse_law("loglinear", xs, ys, bootstrap=200)
+    report = analyse_law("loglinear", xs, ys, bootstrap=100)
     assert report.prediction_error == pytest.approx(0.02, abs=0.004)
     assert report.verdict == "fails"
 
