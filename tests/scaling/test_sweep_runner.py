@@ -87,7 +87,8 @@ def test_another_grid_or_a_live_sweep_in_the_directory_is_refused(tmp_path: Path
     (tmp_path / "grid.yaml").write_text(GRID.replace("2]", "3]"))
     with pytest.raises(ConfigError, match="another grid"):
         _sweep(tmp_path)
-    (tmp_path / "grid.yaml").write_text(GRID)
+    (tmp_path / "grid.yaml").write_text("# a comment\nwall_time: 1 min\n" + GRID)  # same cells: resumable
+    _sweep(tmp_path, max_minutes=1e-9)
     (out / "sweep.lock").write_text(str(os.getppid()))
     with pytest.raises(ConfigError, match=r"another sweep \(pid"):
         _sweep(tmp_path)

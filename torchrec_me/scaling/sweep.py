@@ -25,7 +25,8 @@ finish), which splits a long study into working blocks of the same sweep.
 
 At the end (and on every resume) ``DIR/results.parquet`` and ``DIR/results.csv`` are
 rewritten from every cell (:mod:`torchrec_me.scaling.results`). ``DIR/grid.yaml``
-keeps the grid the sweep was started with; another grid in the same ``DIR`` is refused.
+keeps the grid the sweep was started with; a grid with other cells in the same ``DIR``
+is refused (comments and ``wall_time`` may change between runs).
 """
 
 import dataclasses
@@ -41,7 +42,7 @@ from typing import Dict, List, Optional
 
 from torchrec_me.atomic import write_json_atomic, write_text_atomic
 from torchrec_me.config import ConfigError
-from torchrec_me.scaling.grid import Cell, load_grid
+from torchrec_me.scaling.grid import Cell, expand, load_grid, parse_grid
 from torchrec_me.scaling.results import read_cell_status, write_results
 
 CELLS = "cells"
@@ -204,11 +205,12 @@ class _Runner:
                 return
 
 
-def _claim(out: Path, grid_text: str, grid_path: str) -> Path:
-    """Create or reuse ``out`` for this grid; refuse another grid or a live sweep."""
+def _claim(out: Path, grid_text: str, cells: List[Cell]) -> Path:
+    """Create or reuse ``out`` for this grid; refuse another grid (other cells: comments
+    and ``wall_time`` may change) or a live sweep."""
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "grid.yaml"
-    if saved.is_file() and saved.read_text() != grid_text:
+    if saved.is_file() and expand(parse_grid(saved.read_text(), str(saved))) != cells:
         raise ConfigError(f"--out {str(out)!r} holds a sweep of another grid ({saved}); give a new --out, or the same grid to resume")
     lock = out / LOCK
     if lock.is_file():
@@ -281,7 +283,7 @@ def run_sweep(options: SweepOptions, say=print) -> Path:
     options.validate()
     grid, cells = load_grid(options.grid)
     out = Path(options.out)
-    lock = _claim(out, Path(options.grid).read_text(), options.grid)
+    lock = _claim(out, Path(options.grid).read_text(), cells)
     runner = _Runner(options)
     try:
         todo = pending_cells(cells, out, options.retry_failed)
