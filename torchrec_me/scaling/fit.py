@@ -56,10 +56,11 @@ def group_points(rows: Sequence[Dict[str, Any]], x: str, y: str, groups: Sequenc
     """``{group values: [(x, y), ...]}`` of the finished rows; SE base points join ME curves."""
     out: Dict[Tuple, List[Tuple[float, float]]] = {}
     done = [r for r in rows if r.get("status") == "done"]
+    missing = [c for c in groups if c != "arm" and not any(c in r for r in done)]
+    if missing:
+        columns = sorted({k for r in done for k in r})
+        raise ConfigError(f"--group: column(s) {missing} are not in the results; columns: {columns}")
     for row in done:
-        missing = [c for c in groups if c != "arm" and c not in row]
-        if missing:
-            raise ConfigError(f"--group: column(s) {missing} are not in the results; columns: {sorted(row)}")
         xv, yv = x_value(row, x), row.get(y)
         if xv is None or yv is None or (isinstance(yv, float) and math.isnan(yv)):
             continue
