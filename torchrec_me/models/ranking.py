@@ -82,6 +82,13 @@ class RankerArch(nn.Module):
         dims (List[int]): the K set dims D_k.
         config (SequentialConfig): backbone and encoder settings.
         hidden_dim (int): H, the fused width; the head is MLP H -> H/2 -> 1.
+
+    Example::
+
+        arch = RankerArch([8], SequentialConfig(embedding_dim=8, max_seq_len=4), 16)
+        views = RankingViews([torch.randn(2, 3, 8)], torch.ones(2, 3, dtype=torch.bool),
+                             torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), torch.tensor([2, 2]))
+        logits = arch(views)  # (2,)
     """
 
     def __init__(self, dims: List[int], config: SequentialConfig, hidden_dim: int) -> None:
@@ -93,7 +100,13 @@ class RankerArch(nn.Module):
         self.head = nn.Sequential(MLP(hidden_dim, [half]), nn.Linear(half, 1))
 
     def forward(self, views: RankingViews) -> torch.Tensor:
-        """(B,) logits of the padded batch ``views``."""
+        """
+        Args:
+            views (RankingViews): a padded batch, the candidate of row b at ``candidate[b]``.
+
+        Returns:
+            torch.Tensor: (B,) logits.
+        """
         rows = torch.arange(views.candidate.numel(), device=views.candidate.device)
         inputs = [x + emb(views.actions) for x, emb in zip(views.items, self.actions)]
         hidden = self.encoders(inputs, views.mask, views.timestamps, views.timestamps)
@@ -152,6 +165,15 @@ class SequentialRankerTrain(nn.Module):
 
     Args:
         model (SequentialRanker): the model.
+
+    Example::
+
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+        train = SequentialRankerTrain(SequentialRanker(50, SequentialConfig(embedding_dim=8, max_seq_len=4), 16))
+        items = KeyedJaggedTensor.from_lengths_sync(["item"], torch.tensor([3, 1, 4]), torch.tensor([2, 1]))
+        batch = RankingBatch(items, torch.arange(3), torch.tensor([2, 0, 0]), torch.tensor([1.0, 0.0]), torch.arange(2))
+        loss, (_, logits, labels) = train(batch)
+        loss.backward()
     """
 
     def __init__(self, model: SequentialRanker) -> None:
