@@ -337,7 +337,7 @@ def make_pipeline(job: Job) -> Any:
 
 
 def run_segment(job: Job, state: LoopState, tracker: IdFrequencyTracker, stop: int, progress: Progress) -> None:
-    """Train steps ``state.step .. stop-1`` through ``TrainPipelineSparseDist``.
+    """Train steps ``state.step .. stop-1`` through :func:`make_pipeline`'s pipeline.
 
     Every batch passes the tracker first, which counts the ids read (the trained-rows
     mask of the collapse analysis) and refuses ids outside a table before FBGEMM sees them.

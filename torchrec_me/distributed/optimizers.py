@@ -5,12 +5,13 @@ config name from :data:`SPARSE_OPTIMIZERS`, the one table of those names. The de
 parameters get Adam through a TorchRec ``KeyedOptimizerWrapper``; both are combined into
 one ``CombinedOptimizer`` that ``TrainPipelineSparseDist`` steps.
 
-FBGEMM's CPU kernels have no Adam. ``adam_dense`` is TorchRec's way to get it anyway:
-the tables are sharded on the ``DENSE`` compute kernel (plain tensors, full gradients,
-no fused update), and a ``torch.optim.Adam`` (lr ``train.sparse_lr``, the dense betas,
-eps 1e-8, no weight decay) steps them after the backward, like the generative-recommenders
-reference's Adam over its ``nn.Embedding``: every row's moments decay at every step, and a
-row not in the batch still moves by its momentum. It costs a full-table update per step.
+FBGEMM's CPU kernels have no Adam. ``adam_dense`` gets it anyway: the tables stay plain
+TorchRec collections replicated on every rank (:func:`~torchrec_me.distributed.sharding.replicate`;
+full gradients averaged by DDP, no fused update), and a ``torch.optim.Adam`` (lr
+``train.sparse_lr``, the dense betas, eps 1e-8, no weight decay) steps them after the
+backward, like the generative-recommenders reference's Adam over its ``nn.Embedding``:
+every row's moments decay at every step, and a row not in the batch still moves by its
+momentum. It costs a full-table update per step.
 """
 
 from dataclasses import dataclass
@@ -19,8 +20,6 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Type
 import torch
 from torch import nn
 from torchrec import optim as trec_optim
-from torchrec.distributed.embedding import ShardedEmbeddingCollection
-from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -38,9 +37,9 @@ class SparseOptimizer:
         on_cpu (bool): FBGEMM's CPU kernels implement it.
         elementwise (bool): state and update are per element (not one state per row), so
             a row shared by several sets still updates them independently.
-        kernel (str): TorchRec compute kernel of the tables: ``fused`` (the optimizer runs
-            inside FBGEMM's backward) or ``dense`` (``cls`` is a torch optimizer stepped
-            after the backward).
+        kernel (str): ``fused`` (sharded tables, the optimizer runs inside FBGEMM's
+            backward) or ``dense`` (replicated plain tables, ``cls`` is a torch optimizer
+            stepped after the backward).
     """
 
     cls: Type[torch.optim.Optimizer]
@@ -55,16 +54,16 @@ SPARSE_OPTIMIZERS: Dict[str, SparseOptimizer] = {
     "adagrad": SparseOptimizer(trec_optim.Adagrad, "EXACT_ADAGRAD", True, True),
     "sgd": SparseOptimizer(trec_optim.SGD, "EXACT_SGD", True, True),
     "adam": SparseOptimizer(trec_optim.Adam, "ADAM", False, True),
-    "adam_dense": SparseOptimizer(torch.optim.Adam, "none (TorchRec DENSE kernel, torch Adam)", True, True, "dense"),
+    "adam_dense": SparseOptimizer(torch.optim.Adam, "none (replicated tables, torch Adam)", True, True, "dense"),
 }
-#: The modules whose parameters are embedding tables, sharded or not.
-TABLE_MODULES = (EmbeddingBagCollection, EmbeddingCollection, ShardedEmbeddingBagCollection, ShardedEmbeddingCollection)
+#: The modules whose parameters are embedding tables (``dense`` tables are never sharded).
+TABLE_MODULES = (EmbeddingBagCollection, EmbeddingCollection)
 #: eps of the table Adam (the reference's).
 TABLE_ADAM_EPS = 1e-8
 
 
 def table_kernel(name: str) -> str:
-    """The TorchRec compute kernel the tables need for sparse optimizer ``name``."""
+    """``fused`` or ``dense``: how the tables of sparse optimizer ``name`` are held."""
     return SPARSE_OPTIMIZERS[name].kernel
 
 
@@ -73,8 +72,7 @@ def apply_sparse_optimizer(model: nn.Module, name: str, lr: float) -> None:
     for a ``dense``-kernel optimizer: :func:`build_optimizer` steps those tables)."""
     if table_kernel(name) != "fused":
         return
-    collections = (EmbeddingBagCollection, EmbeddingCollection)
-    params = [p for m in model.modules() if isinstance(m, collections) for p in m.parameters()]
+    params = [p for m in model.modules() if isinstance(m, TABLE_MODULES) for p in m.parameters()]
     kwargs: Dict[str, Any] = {"lr": lr}
     if name == "adam":
         kwargs["eps"] = 1e-8
@@ -102,8 +100,8 @@ def build_optimizer(
     over the dense parameters; ``fused`` selects PyTorch's single-kernel implementation
     where it applies, else the plain per-tensor loop (the same math).
 
-    With ``table_lr``, the tables on the ``DENSE`` kernel (sparse optimizer
-    ``adam_dense``) get their own ``torch.optim.Adam`` at that lr, with ``betas``."""
+    With ``table_lr``, the replicated tables (sparse optimizer ``adam_dense``) get their
+    own ``torch.optim.Adam`` at that lr, with ``betas``."""
     dense = dict(in_backward_optimizer_filter(model.named_parameters()))
     optimizers: List[Any] = []
     sparse = getattr(model, "fused_optimizer", None)

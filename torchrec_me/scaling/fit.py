@@ -19,7 +19,6 @@ intervals and the extrapolation check) and ``Y_vs_X.json``.
 """
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple

@@ -43,10 +43,9 @@ from typing import Dict, List, Optional
 from torchrec_me.atomic import write_json_atomic, write_text_atomic
 from torchrec_me.config import ConfigError
 from torchrec_me.scaling.grid import Cell, expand, load_grid, parse_grid
-from torchrec_me.scaling.results import read_cell_status, write_results
+from torchrec_me.scaling.results import METRICS_FILE, STATUS_FILE, read_cell_status, write_results
 
 CELLS = "cells"
-STATUS = "cell.json"
 OUTPUT = "output.log"
 LOCK = "sweep.lock"
 LAUNCHERS = ("local", "torchx")
@@ -170,22 +169,22 @@ class _Runner:
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = read_cell_status(run_dir) or {}
         attempts, start = int(previous.get("attempts", 0)), time.perf_counter()
-        rc = None
+        rc, done = None, False
         for _ in range(self.options.retries + 1):
             attempts += 1
             rc = self._attempt(cell, run_dir, attempts)
             if self.stopping:
                 return {"name": cell.name, "status": "interrupted"}
-            if rc == 0 and (run_dir / "metrics.json").is_file():
+            done = rc == 0 and (run_dir / METRICS_FILE).is_file()
+            if done:
                 break
-        done = rc == 0 and (run_dir / "metrics.json").is_file()
         status = {
             "name": cell.name, "overrides": cell.overrides, "values": cell.values,
             "status": "done" if done else "failed", "attempts": attempts, "returncode": rc,
             "wall_seconds": float(previous.get("wall_seconds", 0.0)) + time.perf_counter() - start,
             "error": None if done else (_tail(run_dir / OUTPUT, ERROR_TAIL_LINES) or f"exit code {rc}"),
         }  # fmt: skip
-        write_json_atomic(run_dir / STATUS, status)
+        write_json_atomic(run_dir / STATUS_FILE, status)
         return status
 
     def kill_all(self, grace_s: float = 30.0) -> None:

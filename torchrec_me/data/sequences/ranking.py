@@ -33,7 +33,7 @@ another world size with the same global batch. Evaluation rows are dealt with
 """
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 from torchrec_me.data.sequence_batch import ITEM_FEATURE
-from torchrec_me.data.sequences.reader import EVAL_SPLITS, SequenceReader, gather, stream_slice
+from torchrec_me.data.sequences.reader import EVAL_SPLITS, EpochOrder, SequenceReader, gather, stream_slice
 from torchrec_me.data.store import DatasetError, deal_rows
 
 #: The action of the candidate token: its rating is the label, so it is unknown.
@@ -138,7 +138,7 @@ class RankingRows:
             raise DatasetError("implicit data (every rating equal) has no negative labels: set data.ranking_negatives >= 1")
         self.num_items, self.fingerprint = reader.num_items, reader.fingerprint
         self._train = self._training_positions()
-        self._perms: Dict[int, np.ndarray] = {}
+        self._epoch_order = EpochOrder(options.seed, 0x2A4B)
 
     @property
     def num_users(self) -> int:
@@ -198,14 +198,6 @@ class RankingRows:
 
     # ------------------------------------------------------------------ training
 
-    def _epoch_perm(self, epoch: int, n: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:
-                self._perms.pop(next(iter(self._perms)))
-            rng = np.random.default_rng(np.random.SeedSequence([self.options.seed, 0x2A4B, epoch]))
-            self._perms[epoch] = rng.permutation(n)
-        return self._perms[epoch]
-
     def stream_examples(self, step: int, rank: int, world_size: int, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
         """(training interaction, copy) of each example of step ``step`` on ``rank``: the
         slice of the global stream of examples (interactions x (1 + negatives))."""
@@ -213,7 +205,7 @@ class RankingRows:
         n = len(self._train[0]) * copies
         if n == 0:
             raise DatasetError("no training interaction has a history: there is no ranking row")
-        return np.divmod(stream_slice(n, self._epoch_perm, step, rank, world_size, batch_size), copies)
+        return np.divmod(stream_slice(n, self._epoch_order, step, rank, world_size, batch_size), copies)
 
     def train_batches(
         self, rank: int, world_size: int, batch_size: int, start: int = 0, stop: Optional[int] = None,
@@ -259,7 +251,9 @@ class RankingRows:
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on int64 keys (wrapping), non-negative 62-bit results."""
+    """splitmix64's finaliser on int64 keys (wrapping), non-negative 62-bit results: the
+    numpy twin of :func:`torchrec_me.modules.sequential.items.hash_ids`' mixing step, for
+    the data pipeline (numpy, no torch tensors)."""
     z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -175,6 +175,30 @@ def gather(
     return index, lengths
 
 
+class EpochOrder:
+    """The order of the ``n`` training examples in each epoch: a permutation seeded by
+    ``(seed, salt, epoch)``, the same on every rank. The stream only moves forward and a
+    step spans at most two epochs, so the last two are kept.
+
+    Args:
+        seed (int): the training seed.
+        salt (int): tells apart the streams of different readers.
+    """
+
+    def __init__(self, seed: int, salt: int) -> None:
+        self.seed, self.salt = seed, salt
+        self._perms: Dict[Tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, epoch: int, n: int) -> np.ndarray:
+        key = (epoch, n)
+        if key not in self._perms:
+            if len(self._perms) >= 2:
+                self._perms.pop(next(iter(self._perms)))
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.salt, epoch]))
+            self._perms[key] = rng.permutation(n)
+        return self._perms[key]
+
+
 def stream_slice(
     n: int, epoch_perm: Callable[[int, int], np.ndarray], step: int, rank: int, world_size: int, batch_size: int
 ) -> np.ndarray:
@@ -220,7 +244,7 @@ class SequenceReader:
         counts = item_counts if known else self.table.train_counts(num_items, self.training_users())
         self.item_counts = torch.tensor(np.asarray(counts), dtype=torch.int64)  # (num_items,), a copy
         self._windows: Dict[int, Windows] = {}
-        self._perms: Dict[Tuple[int, int], np.ndarray] = {}
+        self._epoch_order = EpochOrder(options.seed, 0x5E0)
 
     @property
     def num_users(self) -> int:
@@ -276,23 +300,13 @@ class SequenceReader:
         keep[order[: max(1, round(fraction * u))]] = True
         return keep
 
-    def _epoch_perm(self, epoch: int, n: int) -> np.ndarray:
-        """The order of the ``n`` training windows in ``epoch`` (the same on every rank)."""
-        key = (epoch, n)
-        if key not in self._perms:
-            if len(self._perms) >= 2:  # the stream only moves forward; a step spans <= 2 epochs mostly
-                self._perms.pop(next(iter(self._perms)))
-            rng = np.random.default_rng(np.random.SeedSequence([self.options.seed, 0x5E0, epoch]))
-            self._perms[key] = rng.permutation(n)
-        return self._perms[key]
-
     def train_rows(self, step: int, rank: int, world_size: int, batch_size: int, max_seq_len: int) -> np.ndarray:
         """Window indices of training step ``step`` on rank ``rank`` (see the module docstring):
         positions ``[step*G + rank*b, step*G + (rank+1)*b)`` of the global stream, ``G = b * world_size``."""
         n = len(self.windows(max_seq_len)[0])
         if n == 0:
             raise DatasetError("no user has two training items: there is no training window")
-        return stream_slice(n, self._epoch_perm, step, rank, world_size, batch_size)
+        return stream_slice(n, self._epoch_order, step, rank, world_size, batch_size)
 
     def train_batches(
         self, rank: int, world_size: int, batch_size: int, start: int = 0, stop: Optional[int] = None,
