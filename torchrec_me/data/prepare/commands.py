@@ -17,6 +17,7 @@ from torchrec_me.data.prepare import avazu, criteo, movielens
 from torchrec_me.data.prepare.common import DEFAULT_ROW_GROUP_SIZE, SPLIT_MODES, PrepareError, PrepareOptions, report_errors
 from torchrec_me.data.prepare.fetch import fetch_movielens_100k
 from torchrec_me.data.sequences.commands import FETCH_COMMANDS, add_fetch_arguments, add_prepare_sequences_command
+from torchrec_me.data.sequences.ranking_ctr import add_prepare_ranking_rows_command
 
 __all__ = ["PREPARE_REGISTRY", "add_fetch_command", "add_prepare_command", "prepare_options"]
 
@@ -78,6 +79,7 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
         d.add_argument("--no-progress", action="store_true", help="disable the progress bars")
         cmd.module.add_prepare_arguments(d)
     add_prepare_sequences_command(datasets)  # sets its own func
+    add_prepare_ranking_rows_command(datasets)  # sets its own func
     p.set_defaults(func=run_prepare)
     return p
 

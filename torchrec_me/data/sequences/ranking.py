@@ -156,7 +156,7 @@ class RankingRows:
 
     # ------------------------------------------------------------------ rows
 
-    def _candidates(self, users: np.ndarray, positions: np.ndarray, copies: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def candidates(self, users: np.ndarray, positions: np.ndarray, copies: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Candidate items and labels of examples (user, position, copy); copy 0 is the
         interaction itself, copy k >= 1 its k-th sampled negative."""
         t = self.reader.table
@@ -169,14 +169,20 @@ class RankingRows:
         negative = copies > 0
         return np.where(negative, sampled, positive), np.where(negative, False, labels).astype(np.float32)
 
+    def history(self, users: np.ndarray, positions: np.ndarray, max_seq_len: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The history of each row, the user's ``max_seq_len - 1`` most recent items before
+        ``positions``: flat indices into the table (oldest first, rows concatenated) and
+        the (R,) history lengths."""
+        starts = np.maximum(positions - (max_seq_len - 1), 0)
+        return gather(self.reader.table.offsets, users, starts, positions)
+
     def batch(self, users: np.ndarray, positions: np.ndarray, copies: np.ndarray, max_seq_len: int) -> RankingBatch:
         """The rows of examples (user, position, copy): ``max_seq_len - 1`` history items and the candidate."""
         if max_seq_len < 2:
             raise DatasetError(f"a ranking row needs max_seq_len >= 2 (history and candidate), got {max_seq_len}")
         t = self.reader.table
-        starts = np.maximum(positions - (max_seq_len - 1), 0)
-        index, hist_len = gather(t.offsets, users, starts, positions)
-        candidates, labels = self._candidates(users, positions, copies)
+        index, hist_len = self.history(users, positions, max_seq_len)
+        candidates, labels = self.candidates(users, positions, copies)
         at = t.offsets[users] + positions
         # Interleave: each row's history, then its candidate.
         lengths = hist_len + 1
@@ -197,6 +203,13 @@ class RankingRows:
                             torch.from_numpy(users.astype(np.int64)))  # fmt: skip
 
     # ------------------------------------------------------------------ training
+
+    def train_examples(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(users, positions, copies) of every training example, user-major, each
+        interaction followed by its negatives (the stream's canonical order)."""
+        users, positions = self._train
+        copies = 1 + self.negatives
+        return np.repeat(users, copies), np.repeat(positions, copies), np.tile(np.arange(copies), len(users))
 
     def stream_examples(self, step: int, rank: int, world_size: int, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
         """(training interaction, copy) of each example of step ``step`` on ``rank``: the
