@@ -126,6 +126,9 @@ class ModelConfig:
         time_bias_source (str): HSTU time gaps from ``seen`` items only (default) or from
             the ``next`` item's timestamp as the reference does (leaks the target's time).
         num_time_buckets (int): log buckets of the time gap.
+        length_buckets (int): the encoders run on this many groups of rows of similar
+            length, each padded to its own longest row (1: the batch padded to its
+            longest row); same function, less padding on long-tailed lengths.
         num_negatives (int): uniform negatives of the sampled softmax.
         negatives_per_position (bool): draw ``num_negatives`` for every predicted
             position (the reference's sampling, L times the lookups) instead of per row.
@@ -158,6 +161,7 @@ class ModelConfig:
     attention_scale: str = "length"
     time_bias_source: str = "seen"
     num_time_buckets: int = 128
+    length_buckets: int = 1
     num_negatives: int = 128
     negatives_per_position: bool = False
     temperature: float = 0.05
@@ -194,6 +198,7 @@ class ModelConfig:
         _check_finite("model", {"reg_weight": self.reg_weight}, 0.0, math.inf, high_open=True)
         _check_at_least("model", {"num_blocks": self.num_blocks, "num_heads": self.num_heads,
                                   "max_seq_len": self.max_seq_len, "num_time_buckets": self.num_time_buckets,
+                                  "length_buckets": self.length_buckets,
                                   "num_negatives": self.num_negatives}, 1)  # fmt: skip
         _check_positive_finite("model", {"temperature": self.temperature})
         if self.regularizer == "space_similarity" and self.num_sets < 2:

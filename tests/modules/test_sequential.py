@@ -173,6 +173,32 @@ def test_encoders_are_causal_and_zero_the_padding(backbone: str, torch_seed: int
     assert padded[0, 4:].abs().max() == 0
 
 
+@pytest.mark.parametrize("backbone", sorted(ENCODERS))
+def test_length_buckets_give_the_same_function(backbone: str, torch_seed: int, generator: torch.Generator) -> None:
+    """Rows of long-tailed lengths: 1 bucket (padded to the longest row) and 3 or 7 buckets
+    give the same outputs and the same gradients of every weight and input."""
+    lengths = torch.tensor([1, 12, 3, 2, 9, 1, 5])
+    x, _, ts, nts = _inputs(b=7, length=12, generator=generator)
+    mask = torch.arange(12) < lengths.unsqueeze(1)
+    cotangent = torch.randn(7, 12, 8, generator=generator)
+    results = []
+    for buckets in (1, 3, 7):
+        torch.manual_seed(0)
+        cfg = EncoderConfig(num_blocks=2, num_heads=2, max_seq_len=12, dropout=0.0, length_buckets=buckets)
+        enc = ENCODERS[backbone](8, cfg)
+        inputs = x.clone().requires_grad_()
+        out = enc(inputs, mask, ts, nts)
+        (out * cotangent).sum().backward()
+        results.append((out.detach(), inputs.grad, {n: p.grad for n, p in enc.named_parameters()}))
+    base_out, base_dx, base_grads = results[0]
+    assert base_out[~mask].abs().max() == 0
+    for out, dx, grads in results[1:]:
+        torch.testing.assert_close(out, base_out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dx, base_dx, rtol=1e-5, atol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, base_grads[name], rtol=1e-5, atol=1e-5, msg=name)  # summation order
+
+
 def _hstu_out(rab: str, source: str, ts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     torch.manual_seed(0)
     cfg = EncoderConfig(num_blocks=1, max_seq_len=8, rab=rab, time_bias_source=source, dropout=0.0)
@@ -327,6 +353,46 @@ def test_per_position_negatives_equal_shared_ones_when_equal(generator: torch.Ge
     per_pos = fn(users, pos, [neg.unsqueeze(1).expand(2, 3, 4, 8)], mask, pos_ids, neg_ids.unsqueeze(1).expand(2, 3, 4))
     torch.testing.assert_close(per_pos[0], shared[0])
     torch.testing.assert_close(per_pos[1], shared[1])
+
+
+@pytest.mark.parametrize("matmul_factor", [1000, 0])  # one matmul over the distinct rows, or gathered chunks
+def test_distinct_negative_rows_equal_the_padded_per_position_loss(
+    matmul_factor: int, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-position negatives given once per distinct id with an index give the loss,
+    logits and gradients (users, positives, each looked-up row summed over its
+    occurrences) of the (B, L, M, D) padded form, for K = 2 sets."""
+    monkeypatch.setattr(seq.loss, "MATMUL_OVER_GATHER", matmul_factor)
+    monkeypatch.setattr(seq.loss, "GATHER_CHUNK", 2)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    p, m, dims = int(mask.sum()), 5, (8, 4)
+    neg_ids = torch.randint(7, (p, m), generator=generator)  # repeats across and within positions
+    pos_ids = torch.randint(7, (2, 3), generator=generator)
+    table = [torch.randn(7, d, generator=generator) for d in dims]
+    users = [F.normalize(torch.randn(2, 3, d, generator=generator), dim=-1).requires_grad_() for d in dims]
+    positives = [torch.randn(2, 3, d, generator=generator).requires_grad_() for d in dims]
+    fn = SampledSoftmaxLoss(0.1)
+
+    def grads(loss: torch.Tensor, rows: List[torch.Tensor]) -> List[torch.Tensor]:
+        return torch.autograd.grad(loss, users + positives + rows)
+
+    padded_rows = [t[neg_ids].requires_grad_() for t in table]  # (P, M, D): one lookup per negative
+    padded = [r.new_zeros(2, 3, m, r.shape[-1]).index_put((mask,), r) for r in padded_rows]
+    padded_ids = torch.zeros(2, 3, m, dtype=torch.long).index_put((mask,), neg_ids)
+    loss_a, logits_a, _ = fn(users, positives, padded, mask, pos_ids, padded_ids)
+    grads_a = grads(loss_a, padded_rows)
+    distinct, index = torch.unique(neg_ids, return_inverse=True)
+    rows = [t[distinct].requires_grad_() for t in table]
+    loss_b, logits_b, _ = fn(users, positives, rows, mask, pos_ids, neg_ids, index)
+    grads_b = grads(loss_b, rows)
+    torch.testing.assert_close(loss_b, loss_a)
+    torch.testing.assert_close(logits_b, logits_a)
+    assert torch.isinf(logits_a).any()  # a negative equal to the positive is masked in both
+    for a, b in zip(grads_a[:4], grads_b[:4]):
+        torch.testing.assert_close(b, a)
+    for k in range(2):  # a distinct row's gradient is the sum over its occurrences
+        summed = torch.zeros(len(distinct), dims[k]).index_add_(0, index.reshape(-1), grads_a[4 + k].reshape(-1, dims[k]))
+        torch.testing.assert_close(grads_b[4 + k], summed)
 
 
 def test_in_batch_negatives_equal_to_the_positive_are_masked(generator: torch.Generator) -> None:

@@ -117,12 +117,16 @@ class TrainViews:
     Args:
         inputs (List[torch.Tensor]): K x (B, L', D_k) input item embeddings (L' = L - 1).
         positives (List[torch.Tensor]): K x (B, L', D_k) next-item embeddings.
-        negatives (List[torch.Tensor]): K x (B, M, D_k), or (B, L', M, D_k) per position.
+        negatives (List[torch.Tensor]): K x (B, M, D_k) per row; per position, K x (U,
+            D_k), the U distinct negative rows once each.
         mask (torch.Tensor): (B, L') bool, True at the P predicted positions.
         timestamps (torch.Tensor): (B, L') time of each input item.
         next_timestamps (torch.Tensor): (B, L') time of each next item.
         positive_ids (torch.Tensor): (B, L') next-item ids.
-        negative_ids (torch.Tensor): (B, M) or (B, L', M) negative ids.
+        negative_ids (torch.Tensor): (B, M) per row, or (P, M) per position (the valid
+            positions in row-major order).
+        negative_index (Optional[torch.Tensor]): per position, (P, M): which of the U
+            distinct rows each negative is (None per row).
     """
 
     inputs: List[torch.Tensor]
@@ -133,6 +137,7 @@ class TrainViews:
     next_timestamps: torch.Tensor
     positive_ids: torch.Tensor
     negative_ids: torch.Tensor
+    negative_index: Optional[torch.Tensor] = None
 
 
 @torch.fx.wrap
@@ -146,6 +151,13 @@ def train_views(
     """Pad the lookups of a training batch (``features`` from :class:`NegativeSampler`,
     ``num_negatives`` per row or, with ``per_position``, per predicted position).
 
+    Per-position negatives are P * M lookups of at most ``num_items`` distinct ids; each
+    distinct id's row is kept once (its first lookup) with the (P, M) index into them,
+    so the loss normalises and scores U rows, not P * M (the reference normalises all
+    P * M). The lookup's backward gets each row's summed gradient at its first
+    occurrence and zeros elsewhere: the same update, since FBGEMM's exact optimizers
+    sum the gradients of a row's occurrences before applying them.
+
     A leaf for ``torch.fx``: ``TrainPipelineSparseDist`` traces the model around it.
     """
     items, negatives = features[ITEM_FEATURE], features[NEGATIVE_FEATURE]
@@ -153,22 +165,30 @@ def train_views(
     full = padding_mask(lengths, max(int(lengths.max()) if lengths.numel() else 0, 2))
     mask = padding_mask(lengths - 1, full.shape[1] - 1)
 
-    def negative_view(values: torch.Tensor) -> torch.Tensor:
-        if per_position:
-            return to_padded(values.reshape(int(mask.sum()), num_negatives, *values.shape[1:]), mask)
-        return values.reshape(lengths.numel(), num_negatives, *values.shape[1:])
+    negative_ids, index = negatives.values(), None
+    if per_position:  # P * M lookups, U distinct ids: each distinct row once (its first lookup)
+        negative_ids = negative_ids.reshape(-1, num_negatives)
+        distinct, index = torch.unique(negative_ids, return_inverse=True)
+        n = index.numel()
+        order = torch.arange(n, device=index.device)
+        first = torch.full_like(distinct, n).scatter_reduce(0, index.reshape(-1), order, "amin")
+        neg_views = [out[NEGATIVE_FEATURE].values()[first] for out in per_set]
+    else:
+        negative_ids = negative_ids.reshape(lengths.numel(), num_negatives)
+        neg_views = [out[NEGATIVE_FEATURE].values().reshape(lengths.numel(), num_negatives, -1) for out in per_set]
 
     padded = [to_padded(out[ITEM_FEATURE].values(), full) for out in per_set]
     ids, times = to_padded(items.values(), full), to_padded(timestamps, full)
     return TrainViews(
         inputs=[p[:, :-1] for p in padded],
         positives=[p[:, 1:] for p in padded],
-        negatives=[negative_view(out[NEGATIVE_FEATURE].values()) for out in per_set],
+        negatives=neg_views,
         mask=mask,
         timestamps=times[:, :-1],
         next_timestamps=times[:, 1:],
         positive_ids=ids[:, 1:],
-        negative_ids=negative_view(negatives.values()),
+        negative_ids=negative_ids,
+        negative_index=index,
     )
 
 
@@ -258,7 +278,8 @@ class SequentialModel(nn.Module):
         per_set = self.item_sets(features)
         views = train_views(per_set, features, batch.timestamps, self.num_negatives, self.per_position)
         users = self.encoders(views.inputs, views.mask, views.timestamps, views.next_timestamps)
-        return self.loss(users, views.positives, views.negatives, views.mask, views.positive_ids, views.negative_ids)
+        return self.loss(users, views.positives, views.negatives, views.mask, views.positive_ids, views.negative_ids,
+                         views.negative_index)  # fmt: skip
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         """

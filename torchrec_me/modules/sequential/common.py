@@ -10,6 +10,7 @@ import math
 from typing import Optional, Type
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from torchrec_me.modules.sequential.config import EncoderConfig
@@ -141,6 +142,33 @@ class SequenceEncoder(nn.Module):
             torch.Tensor: (B, L, D) hidden states, zero at the padding.
         """
         x = self.input(embeddings, mask)
+        if self.config.length_buckets > 1 and x.shape[0] > 1:
+            x = self._bucketed_blocks(x, mask, timestamps, next_timestamps)
+        else:
+            x = self._blocks(x, timestamps, next_timestamps)
+        return self.final_norm(x) * mask.unsqueeze(-1)
+
+    def _blocks(self, x: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x, timestamps, next_timestamps)
-        return self.final_norm(x) * mask.unsqueeze(-1)
+        return x
+
+    def _bucketed_blocks(
+        self, x: torch.Tensor, mask: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor
+    ) -> torch.Tensor:
+        """The blocks on ``length_buckets`` groups of rows of similar length, each cut
+        to its longest row: rows sorted by length, split into groups of equal row
+        counts, outputs padded back and put in the input order. The valid positions get
+        what :meth:`_blocks` gives them (the attention is causal and the padding comes
+        last, so a row's trailing padding is never read); only the padding's work is
+        saved, which on long-tailed lengths is most of the attention's (it grows with
+        the square of the padded length)."""
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        length = x.shape[1]
+        outs = []
+        for rows in order.tensor_split(min(self.config.length_buckets, x.shape[0])):
+            cut = max(int(lengths[rows[-1]]), 1)  # the group's longest row (sorted)
+            h = self._blocks(x[rows, :cut], timestamps[rows, :cut], next_timestamps[rows, :cut])
+            outs.append(F.pad(h, (0, 0, 0, length - cut)))
+        return torch.cat(outs)[torch.argsort(order)]

@@ -46,6 +46,10 @@ class EncoderConfig:
             timestamps already seen) or ``next`` (``t_{i+1} - t_j``, the reference,
             which reads the target's time).
         num_time_buckets (int): log buckets of the time gap (>= 1).
+        length_buckets (int): run the blocks on this many groups of rows of similar
+            length, each padded only to its own longest row (1: the whole batch padded
+            to its longest row); the same function, less padding (see
+            :class:`~torchrec_me.modules.sequential.common.SequenceEncoder`).
 
     Example::
 
@@ -61,9 +65,10 @@ class EncoderConfig:
     attention_scale: str = "length"
     time_bias_source: str = "seen"
     num_time_buckets: int = 128
+    length_buckets: int = 1
 
     def __post_init__(self) -> None:
-        for key in ("num_blocks", "num_heads", "max_seq_len", "num_time_buckets"):
+        for key in ("num_blocks", "num_heads", "max_seq_len", "num_time_buckets", "length_buckets"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'model.{key}': must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:

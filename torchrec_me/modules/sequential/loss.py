@@ -26,6 +26,35 @@ def _negative_scores(users: List[torch.Tensor], negatives: List[torch.Tensor]) -
     return total / len(users)
 
 
+#: Score every position against every distinct negative with one matmul while the
+#: distinct negatives are at most this many times the negatives per position; else
+#: gather each position's M rows. Measured on 2 CPU cores (forward and backward, 128
+#: negatives, d = 48): the matmul is faster at U = 3,706 (ML-1M's items; 358 vs 482 ms
+#: at 6,400 positions, 15 vs 32 ms at 392), the gather at U = 20,000 (630 vs 1,552 ms).
+MATMUL_OVER_GATHER = 32
+#: Positions per chunk of the gathered path (bounds its (chunk, M, sum D_k) tensor).
+GATHER_CHUNK = 4096
+
+
+def indexed_negative_scores(users: List[torch.Tensor], uniques: List[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """(P, M) mean over sets of ``<u_p, e / |e|>`` for position p's negatives given as
+    ``index`` (P, M) into the distinct negative rows ``uniques`` (K x (U, D_k)).
+
+    Each distinct row is normalised once, and the scores come from one matmul of the
+    positions against the U rows followed by a gather of each position's M columns, or
+    (U large) from a gather of the M rows per position in chunks: the same numbers as
+    normalising the P x M looked-up rows one by one, for a fraction of the work."""
+    u = torch.cat(users, dim=-1)
+    e = torch.cat([F.normalize(n, dim=-1) for n in uniques], dim=-1)
+    if e.shape[0] <= MATMUL_OVER_GATHER * index.shape[1]:
+        return (u @ e.T).gather(1, index) / len(users)
+    parts = [
+        (e[index[lo : lo + GATHER_CHUNK]] @ u[lo : lo + GATHER_CHUNK].unsqueeze(-1)).squeeze(-1)
+        for lo in range(0, index.shape[0], GATHER_CHUNK)
+    ]
+    return (torch.cat(parts) if parts else u.new_zeros(index.shape)) / len(users)
+
+
 class SampledSoftmaxLoss(nn.Module):
     """Sampled softmax cross-entropy of the next item at every valid position.
 
@@ -80,6 +109,7 @@ class SampledSoftmaxLoss(nn.Module):
         mask: torch.Tensor,
         positive_ids: torch.Tensor,
         negative_ids: torch.Tensor,
+        negative_index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -90,7 +120,12 @@ class SampledSoftmaxLoss(nn.Module):
                 (B, L, M, D_k) (per position).
             mask (torch.Tensor): (B, L) bool, True at the P valid positions.
             positive_ids (torch.Tensor): (B, L) int64 next-item ids.
-            negative_ids (torch.Tensor): (B, M) or (B, L, M) int64 negative ids.
+            negative_ids (torch.Tensor): (B, M) or (B, L, M) int64 negative ids; with
+                ``negative_index``, (P, M) over the valid positions.
+            negative_index (Optional[torch.Tensor]): per-position negatives given once
+                each: ``negatives`` are then K x (U, D_k) distinct rows and this (P, M)
+                int64 tensor says which row is each valid position's m-th negative
+                (:func:`indexed_negative_scores`).
 
         Returns:
             Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: the scalar loss, the logits
@@ -99,14 +134,20 @@ class SampledSoftmaxLoss(nn.Module):
         """
         units = [F.normalize(p, dim=-1) for p in positives]
         pos = sum((u * p).sum(-1) for u, p in zip(users, units)) / len(users)
-        neg = _negative_scores(users, negatives)
-        ids = negative_ids if negative_ids.dim() == 3 else negative_ids.unsqueeze(1)
-        parts = [pos.unsqueeze(-1), neg.masked_fill(ids == positive_ids.unsqueeze(-1), float("-inf"))]
+        if negative_index is None:
+            neg = _negative_scores(users, negatives)
+            ids = negative_ids if negative_ids.dim() == 3 else negative_ids.unsqueeze(1)
+            parts = [pos.unsqueeze(-1), neg.masked_fill(ids == positive_ids.unsqueeze(-1), float("-inf"))]
+        else:  # per-position negatives, each distinct row once; (P, .) over the valid positions
+            neg = indexed_negative_scores([u[mask] for u in users], negatives, negative_index)
+            parts = [pos[mask].unsqueeze(-1), neg.masked_fill(negative_ids == positive_ids[mask].unsqueeze(-1), float("-inf"))]
         if self.in_batch_negatives:
             extra, extra_ids = self._in_batch(units, mask, positive_ids, negative_ids.shape[-1])
             scores = _negative_scores(users, extra)
-            parts.append(scores.masked_fill(extra_ids.unsqueeze(1) == positive_ids.unsqueeze(-1), float("-inf")))
-        logits = torch.cat(parts, dim=-1)[mask] / self.temperature
+            scores = scores.masked_fill(extra_ids.unsqueeze(1) == positive_ids.unsqueeze(-1), float("-inf"))
+            parts.append(scores if negative_index is None else scores[mask])
+        logits = torch.cat(parts, dim=-1)
+        logits = (logits if negative_index is not None else logits[mask]) / self.temperature
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         if logits.shape[0] == 0:
             return logits.sum(), logits, labels
