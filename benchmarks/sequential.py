@@ -423,12 +423,12 @@ def _phase_marks(job: Job, batch: SequenceBatch) -> List[float]:
     model = job.model.module.model
     marks = [time.perf_counter()]
     job.optimizer.zero_grad()
-    features = model.sampler(batch.items, batch.users)
+    features, negative_index = model.sampler(batch.items, batch.users)
     per_set = model.item_sets(features)
     marks.append(time.perf_counter())
     leaves = [{k: JaggedTensor(jt.values().detach().requires_grad_(), lengths=jt.lengths()) for k, jt in s.items()}
               for s in per_set]  # fmt: skip
-    views = train_views(leaves, features, batch.timestamps, model.num_negatives, model.per_position)
+    views = train_views(leaves, features, negative_index, batch.timestamps, model.num_negatives, model.per_position)
     marks.append(time.perf_counter())
     users = model.encoders(views.inputs, views.mask, views.timestamps, views.next_timestamps)
     marks.append(time.perf_counter())
@@ -458,9 +458,9 @@ def encoder_operators(job: Job, batch: SequenceBatch, steps: int) -> Dict[str, f
     inputs), by kind of operator: the self CPU time of ``torch.profiler``'s operators."""
     model = job.model.module.model
     with torch.no_grad():
-        features = model.sampler(batch.items, batch.users)
-        views = train_views(model.item_sets(features), features, batch.timestamps, model.num_negatives,
-                            model.per_position)  # fmt: skip
+        features, negative_index = model.sampler(batch.items, batch.users)
+        views = train_views(model.item_sets(features), features, negative_index, batch.timestamps,
+                            model.num_negatives, model.per_position)  # fmt: skip
     inputs = [x.detach().requires_grad_() for x in views.inputs]
 
     def run() -> None:

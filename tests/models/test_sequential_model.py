@@ -114,7 +114,7 @@ def test_training_logit_of_the_next_item_equals_full_corpus_score(backbone: str,
 def test_negatives_equal_to_the_positive_are_masked_in_the_model(torch_seed: int) -> None:
     model = SequentialModel(3, SequentialConfig(embedding_dim=8, max_seq_len=8, num_negatives=64, dropout=0.0))
     batch = _batch([[0, 1, 2, 1]], [[0, 1, 2, 3]], [-1], [0])
-    drawn = NegativeSampler(3, 64)(batch.items, batch.users)["item_negative"].values()  # the model's first draw
+    drawn = NegativeSampler(3, 64)(batch.items, batch.users)[0]["item_negative"].values()  # the model's first draw
     _, logits, _ = model.forward_train(batch)
     assert model.sampler.step.item() == 1
     for i, target in enumerate([1, 2, 1]):  # 64 draws over 3 items: every positive is drawn

@@ -273,28 +273,40 @@ def _items(lengths: List[int], generator: torch.Generator) -> KeyedJaggedTensor:
 def test_sampler_is_rank_invariant_and_steps(per_position: bool, generator: torch.Generator) -> None:
     items = _items([3, 1, 4, 2], generator)
     users = torch.tensor([11, 12, 13, 14])
-    whole = NegativeSampler(1000, 5, seed=3, per_position=per_position)(items, users)
-    counts = [5 * (n - 1) if per_position else 5 for n in [3, 1, 4, 2]]
+    whole, index = NegativeSampler(1000, 5, seed=3, per_position=per_position)(items, users)
     negatives = whole["item_negative"]
-    assert negatives.lengths().tolist() == counts
+    drawn = _drawn(whole, index)
+    if per_position:  # 5 per predicted position, each distinct id once (all in row 0) and an index
+        assert index.shape == (sum(n - 1 for n in [3, 1, 4, 2]), 5)
+        distinct = negatives.values()
+        assert negatives.lengths().tolist() == [len(distinct), 0, 0, 0]
+        assert distinct.tolist() == sorted(set(drawn.tolist()))
+    else:
+        assert negatives.lengths().tolist() == [5] * 4 and index.numel() == 0
     assert whole["item"].values().tolist() == items.values().tolist()
-    assert 0 <= int(negatives.values().min()) and int(negatives.values().max()) < 1000
+    assert 0 <= int(drawn.min()) and int(drawn.max()) < 1000
     # The same rows split over two "ranks" draw the same ids.
     halves = []
     for rows in ([0, 1], [2, 3]):
         sub = KeyedJaggedTensor.from_jt_dict({"item": items["item"]}).__class__.from_lengths_sync(
             ["item"], torch.cat([items["item"].to_dense()[r] for r in rows]), items.lengths()[rows]
         )
-        halves.append(NegativeSampler(1000, 5, seed=3, per_position=per_position)(sub, users[rows])["item_negative"].values())
-    assert torch.cat(halves).tolist() == negatives.values().tolist()
+        halves.append(_drawn(*NegativeSampler(1000, 5, seed=3, per_position=per_position)(sub, users[rows])))
+    assert torch.cat(halves).tolist() == drawn.tolist()
     # The next step, another seed, another draw; eval mode draws nothing.
     sampler = NegativeSampler(1000, 5, seed=3, per_position=per_position)
-    first = sampler(items, users)["item_negative"].values()
-    second = sampler(items, users)["item_negative"].values()
+    first = _drawn(*sampler(items, users))
+    second = _drawn(*sampler(items, users))
     assert sampler.step.item() == 2 and not torch.equal(first, second)
-    assert not torch.equal(NegativeSampler(1000, 5, seed=4)(items, users)["item_negative"].values(), first[:20])
+    assert not torch.equal(_drawn(*NegativeSampler(1000, 5, seed=4)(items, users)), first[:20])
     sampler.eval()
-    assert sampler(items, users)["item_negative"].lengths().sum() == 0 and sampler.step.item() == 2
+    assert sampler(items, users)[0]["item_negative"].lengths().sum() == 0 and sampler.step.item() == 2
+
+
+def _drawn(features: KeyedJaggedTensor, index: torch.Tensor) -> torch.Tensor:
+    """Every negative drawn, in order: row b's M, or each position's M (through the index)."""
+    values = features["item_negative"].values()
+    return values[index].reshape(-1) if index.numel() else values
 
 
 def test_hashed_negatives_are_uniform() -> None:

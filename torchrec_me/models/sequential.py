@@ -144,19 +144,18 @@ class TrainViews:
 def train_views(
     per_set: List[Dict[str, JaggedTensor]],
     features: KeyedJaggedTensor,
+    negative_index: torch.Tensor,
     timestamps: torch.Tensor,
     num_negatives: int,
     per_position: bool,
 ) -> TrainViews:
-    """Pad the lookups of a training batch (``features`` from :class:`NegativeSampler`,
-    ``num_negatives`` per row or, with ``per_position``, per predicted position).
+    """Pad the lookups of a training batch (``features`` and ``negative_index`` from
+    :class:`NegativeSampler`: ``num_negatives`` per row or, with ``per_position``, per
+    predicted position, given as distinct ids and the (P, M) index into them).
 
-    Per-position negatives are P * M lookups of at most ``num_items`` distinct ids; each
-    distinct id's row is kept once (its first lookup) with the (P, M) index into them,
-    so the loss normalises and scores U rows, not P * M (the reference normalises all
-    P * M). The lookup's backward gets each row's summed gradient at its first
-    occurrence and zeros elsewhere: the same update, since FBGEMM's exact optimizers
-    sum the gradients of a row's occurrences before applying them.
+    Per position, the negatives stay the U distinct rows, each looked up once, and the
+    loss normalises and scores those U rows rather than P * M copies (the reference
+    looks up and normalises all P * M).
 
     A leaf for ``torch.fx``: ``TrainPipelineSparseDist`` traces the model around it.
     """
@@ -165,16 +164,13 @@ def train_views(
     full = padding_mask(lengths, max(int(lengths.max()) if lengths.numel() else 0, 2))
     mask = padding_mask(lengths - 1, full.shape[1] - 1)
 
-    negative_ids, index = negatives.values(), None
-    if per_position:  # P * M lookups, U distinct ids: each distinct row once (its first lookup)
-        negative_ids = negative_ids.reshape(-1, num_negatives)
-        distinct, index = torch.unique(negative_ids, return_inverse=True)
-        n = index.numel()
-        order = torch.arange(n, device=index.device)
-        first = torch.full_like(distinct, n).scatter_reduce(0, index.reshape(-1), order, "amin")
-        neg_views = [out[NEGATIVE_FEATURE].values()[first] for out in per_set]
+    if per_position:
+        index: Optional[torch.Tensor] = negative_index
+        negative_ids = negatives.values()[negative_index]
+        neg_views = [out[NEGATIVE_FEATURE].values() for out in per_set]
     else:
-        negative_ids = negative_ids.reshape(lengths.numel(), num_negatives)
+        index = None
+        negative_ids = negatives.values().reshape(lengths.numel(), num_negatives)
         neg_views = [out[NEGATIVE_FEATURE].values().reshape(lengths.numel(), num_negatives, -1) for out in per_set]
 
     padded = [to_padded(out[ITEM_FEATURE].values(), full) for out in per_set]
@@ -274,9 +270,10 @@ class SequentialModel(nn.Module):
     def forward_train(self, batch: SequenceBatch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sampled-softmax loss, the logits (P, 1 + M') and labels (P,) of ``batch``
         (training rows: items ``0..L_b-2`` predict ``1..L_b-1``)."""
-        features = self.sampler(batch.items, batch.users)
+        sampled = self.sampler(batch.items, batch.users)
+        features, negative_index = sampled[0], sampled[1]  # indexing, not unpacking: traced by torch.fx
         per_set = self.item_sets(features)
-        views = train_views(per_set, features, batch.timestamps, self.num_negatives, self.per_position)
+        views = train_views(per_set, features, negative_index, batch.timestamps, self.num_negatives, self.per_position)
         users = self.encoders(views.inputs, views.mask, views.timestamps, views.next_timestamps)
         return self.loss(users, views.positives, views.negatives, views.mask, views.positive_ids, views.negative_ids,
                          views.negative_index)  # fmt: skip

@@ -155,8 +155,12 @@ class NegativeSampler(nn.Module):
 
     In training, row b of the batch gets M negatives shared by its positions
     (``per_position=False``, the default: B*M lookups per set), or M per predicted
-    position, ``(L_b - 1) * M`` (the reference's sampling, at L times the lookups). In
-    eval mode no negatives are drawn and ``item_negative`` is empty.
+    position, ``(L_b - 1) * M`` ids (the reference's sampling). Per position, the KJT
+    carries each distinct id once (all in row 0: at most ``num_items`` lookups instead
+    of P*M) and an index (P, M) says which of them is each position's m-th negative; the
+    lookup's backward then gets each row's gradient summed over its draws, the sum
+    FBGEMM's exact optimizers form anyway. In eval mode no negatives are drawn and
+    ``item_negative`` is empty.
 
     Ids are ``hash(seed, step, user, [position,] m) mod num_items``, counter-based, so
     they do not depend on how the batch is split over ranks: sharded training sees the
@@ -173,7 +177,7 @@ class NegativeSampler(nn.Module):
 
         sampler = NegativeSampler(100, 4)
         items = KeyedJaggedTensor.from_lengths_sync(["item"], torch.tensor([3, 1, 4, 1, 5]), torch.tensor([2, 3]))
-        features = sampler(items, torch.tensor([7, 8]))  # keys item (5 ids), item_negative (2 x 4 ids)
+        features, index = sampler(items, torch.tensor([7, 8]))  # keys item (5 ids), item_negative (2 x 4 ids)
     """
 
     def __init__(self, num_items: int, num_negatives: int, seed: int = 0, per_position: bool = False) -> None:
@@ -197,21 +201,29 @@ class NegativeSampler(nn.Module):
         positions = torch.arange(rows.numel(), device=users.device) - starts[rows]
         return base + [users.long()[rows].unsqueeze(1), positions.unsqueeze(1), m], predicted * self.num_negatives
 
-    def forward(self, items: KeyedJaggedTensor, users: torch.Tensor) -> KeyedJaggedTensor:
+    def forward(self, items: KeyedJaggedTensor, users: torch.Tensor) -> Tuple[KeyedJaggedTensor, torch.Tensor]:
         """
         Args:
             items (KeyedJaggedTensor): the batch's ``item`` KJT, B rows.
             users (torch.Tensor): (B,) int64 user ids.
 
         Returns:
-            KeyedJaggedTensor: keys ``item`` (the batch's rows) and ``item_negative``
-            (row b: M or ``(L_b - 1) * M`` ids in training, none in eval).
+            Tuple[KeyedJaggedTensor, torch.Tensor]: the tables' input, keys ``item`` (the
+            batch's rows) and ``item_negative`` (per row: row b's M ids; per position:
+            the U distinct ids, all in row 0; none in eval), and the (P, M) int64 index
+            of each predicted position's negatives into the ``item_negative`` ids (per
+            position; an empty tensor otherwise).
         """
+        empty = items.values().new_zeros(0)
         if not self.training:
-            empty = items.values().new_zeros(0)
-            return item_features(items, empty, torch.zeros_like(items.lengths()))
+            return item_features(items, empty, torch.zeros_like(items.lengths())), empty
         keys, counts = self._keys(items, users)
         negatives = (hash_ids(keys) % self.num_items).reshape(-1)
         with torch.no_grad():
             self.step += 1
-        return item_features(items, negatives, counts)
+        if not self.per_position:
+            return item_features(items, negatives, counts), empty
+        distinct, index = torch.unique(negatives, return_inverse=True)
+        lengths = torch.zeros_like(counts)
+        lengths[:1] = distinct.numel()
+        return item_features(items, distinct, lengths), index.reshape(-1, self.num_negatives)
