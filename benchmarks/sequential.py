@@ -42,7 +42,9 @@ DIR``, the training-sequence lengths of a prepared sequence dataset (e.g. MovieL
 
 **The peer** (``--peer DIR``): a module ``gr_peer`` in DIR, kept outside this repository,
 that builds the reference implementation's HSTU training step (see benchmarks/README.md
-for how it is set up). Its step is timed in the same interleaved rounds as ours, at the
+for how it is set up) and checks first that the two compute the same function
+(``parity``: the reference's weights loaded into our encoder, outputs and weight
+gradients compared, the largest difference reported). Its step is timed in the same interleaved rounds as ours, at the
 same sizes, batch, lengths and negatives, dropout 0 on both sides, for HSTU SE; ours runs
 twice: with the fused row-wise Adagrad (the default) and with ``adam_dense`` (Adam on
 replicated tables, the reference's optimizer math).
@@ -540,9 +542,12 @@ class SequentialResult:
     machine: str
     profile: Optional[Dict[str, float]] = None
     reference_commit: Optional[str] = None
+    parity: Optional[Dict[str, Any]] = None
 
 
 _FLOPS: Dict[Tuple[Any, ...], float] = {}
+#: What a row keeps of the peer's ``parity()`` report.
+PARITY_KEYS = ("max_abs_diff", "max_abs_output", "positions_compared", "max_abs_grad_diff", "time_bucket_mismatches")
 
 
 def gflop_per_token(case: Case, options: SequentialOptions) -> float:
@@ -579,6 +584,10 @@ def finish(bench: _Bench, options: SequentialOptions, peaks: Sequence[float], ct
     if options.profile and bench.job is not None and ctx.world_size == 1 and case.distribution == "full":
         profile = time_phases(bench.job, bench.batches, max(2, options.steps // options.rounds))
     peer = _PEER.get(str(options.peer)) if case.implementation == "reference" else None
+    parity = None
+    if peer is not None:  # the same weights in both encoders: do they compute the same function?
+        parity = peer.parity(dim=dim, num_blocks=blocks, num_heads=heads, max_seq_len=case.max_seq_len, batch=8)
+        parity = {k: v for k, v in parity.items() if k in PARITY_KEYS}
     return SequentialResult(
         implementation=case.implementation, backbone=case.backbone, size=case.size,
         model="SE" if case.num_sets == 1 else f"ME-{case.num_sets}x", num_sets=case.num_sets, embedding_dim=dim,
@@ -593,7 +602,7 @@ def finish(bench: _Bench, options: SequentialOptions, peaks: Sequence[float], ct
         matmul_peak_gflops=statistics.median(round_peaks), matmul_peak_gflops_best=max(peaks),
         threads_per_rank=torch.get_num_threads(), device=ctx.device.type,
         machine=report.describe_machine(ctx.device), profile=profile,
-        reference_commit=getattr(peer, "commit", None),
+        reference_commit=getattr(peer, "commit", None), parity=parity,
     )  # fmt: skip
 
 
@@ -704,8 +713,16 @@ def render(rows: Sequence[Dict[str, Any]]) -> str:
         commit = next((r["reference_commit"] for r in peer if r.get("reference_commit")), "?")
         cols = ["implementation", "sparse_optimizer", "size", "max_seq_len", "rows_per_step", "tokens_per_s",
                 "vs_reference", "step_ms", "roofline_fraction", "peak_mem_mb"]  # fmt: skip
+        checks = [
+            f"{r['size']} L={r['max_seq_len']}: max |ours - reference| {r['parity']['max_abs_diff']:.1e} "
+            f"(outputs up to {r['parity']['max_abs_output']:.2f}, {r['parity']['positions_compared']} positions), "
+            f"weight gradients {r['parity']['max_abs_grad_diff']:.1e}"
+            for r in peer if r.get("parity")
+        ]  # fmt: skip
+        parity = ("\n\nSame function (the reference's weights loaded into our encoder, eval, float32): "
+                  + "; ".join(checks) + ".") if checks else ""  # fmt: skip
         out.append(f"### Against the reference (HSTU SE, dropout 0; facebookresearch/generative-recommenders "
-                   f"{commit[:12]})\n\n{markdown_table(peer, cols)}\n\n{machine_line(peer)}")  # fmt: skip
+                   f"{commit[:12]})\n\n{markdown_table(peer, cols)}{parity}\n\n{machine_line(peer)}")  # fmt: skip
     jagged = [dict(r) for r in rows if "jagged" in r["sections"]]
     if jagged:
         padded = {r["distribution"]: r["tokens_per_s"] for r in jagged if r["length_buckets"] == 1}
