@@ -40,8 +40,10 @@ class SequenceInput(nn.Module):
 
     ``e_i`` is the item embedding read from the set's table; ``p_i`` is a learned
     absolute position embedding of position ``i`` counted from the oldest item of the row
-    (omitted for Llama-style stacks, whose position signal is rotary). Initialised like
-    the reference: truncated normal with std ``sqrt(1 / D)``.
+    (omitted for Llama-style stacks, whose position signal is rotary). Initialised as
+    the reference's input preprocessor does: normal with std ``sqrt(1 / D)`` (its HSTU
+    model then re-initialises it Xavier-normal, std ``sqrt(2 / (n + D))``; found by the
+    parity check of ``benchmarks/sequential.py --peer``, it changes only the start).
 
     Args:
         dim (int): D.
