@@ -227,6 +227,23 @@ def test_rab_switches_read_timestamps_as_documented(rab: str, generator: torch.G
     assert torch.allclose(nxt2[0, 2], nxt[0, 2]) != uses_time
 
 
+def test_time_buckets_are_shared_by_the_blocks_and_recomputed_when_the_times_change() -> None:
+    from torchrec_me.modules.sequential.hstu import RelativeBias, _PairBuckets
+
+    rab = RelativeBias(EncoderConfig(max_seq_len=4, rab="time"))
+    ts = torch.tensor([[0, 10, 1000]])
+    first = rab(ts, ts)
+    assert rab(ts, ts) is not None and _PairBuckets.value is not None
+    shared = _PairBuckets.value
+    RelativeBias(EncoderConfig(max_seq_len=4, rab="time"))(ts, ts)  # another block, the same times
+    assert _PairBuckets.value is shared
+    ts[0, 0] = -(10**6)  # changed in place: a new version, recomputed
+    changed = rab(ts, ts)
+    assert not torch.equal(changed, first) and torch.equal(changed, rab(ts.clone(), ts.clone()))
+    direct = rab.time_weight[time_buckets(ts.unsqueeze(2) - ts.unsqueeze(1), 128)]
+    torch.testing.assert_close(changed, direct)
+
+
 def test_rab_none_and_position_differ(generator: torch.Generator) -> None:
     with torch.random.fork_rng(devices=[]):
         x, _, ts, _ = _inputs(b=1, generator=generator)

@@ -48,6 +48,30 @@ def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return logs.floor().long().clamp(0, num_buckets)
 
 
+class _PairBuckets:
+    """The last (B, L, L) time buckets computed, kept for the next block of the stack.
+
+    Every block (and every set's stack) of one forward gets the same timestamp tensors
+    and computes the same buckets, a dozen element-wise passes over B * L * L gaps in
+    float64; the first block computes them, the others reuse them. The entry is keyed by
+    the tensors themselves (held, compared with ``is``) and their version counters, so
+    new or modified timestamps always recompute.
+    """
+
+    key: Tuple[object, ...] = ()
+    value: Optional[torch.Tensor] = None
+
+    @classmethod
+    def get(cls, query: torch.Tensor, timestamps: torch.Tensor, num_buckets: int) -> torch.Tensor:
+        key = (query, query._version, timestamps, timestamps._version, num_buckets)
+        old = cls.key
+        same = bool(old) and old[0] is query and old[2] is timestamps and old[1::2] == key[1::2]
+        if cls.value is None or not same:
+            cls.value = time_buckets(query.unsqueeze(2) - timestamps.unsqueeze(1), num_buckets)
+            cls.key = key
+        return cls.value
+
+
 class RelativeBias(nn.Module):
     """HSTU's relative attention bias ``rab(i, j)`` for query i and key j <= i.
 
@@ -108,14 +132,14 @@ class RelativeBias(nn.Module):
             bias = self.position_weight[offsets].unsqueeze(0)
         if self.time_weight is not None:
             query = self.query_time(timestamps, next_timestamps)
-            gaps = query.unsqueeze(2) - timestamps.unsqueeze(1)
-            time_bias = self.time_weight[time_buckets(gaps, self.num_time_buckets)]
+            time_bias = self.time_weight[_PairBuckets.get(query, timestamps, self.num_time_buckets)]
             bias = time_bias if bias is None else bias + time_bias
         return bias
 
 
 def _silu_weights(block: "HSTUBlock", scores: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
-    return F.silu(scores) * block.post_scale * causal
+    # One pass: the mask and the 1/n scale multiplied into one (L, L) factor first.
+    return F.silu(scores) * (causal.to(scores.dtype) * block.post_scale)
 
 
 def _softmax_weights(block: "HSTUBlock", scores: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
@@ -183,7 +207,9 @@ class HSTUBlock(nn.Module):
         normed = F.layer_norm(x, (dim,), eps=LAYER_NORM_EPS)
         u, v, q, k = F.silu(normed @ self.uvqk).split(dim, dim=-1)
         heads = (b, length, self.num_heads, self.head_dim)
-        scores = torch.einsum("bihd,bjhd->bhij", q.reshape(heads), k.reshape(heads)) * self.qk_scale
+        scores = torch.einsum("bihd,bjhd->bhij", q.reshape(heads), k.reshape(heads))
+        if self.qk_scale != 1.0:
+            scores = scores * self.qk_scale
         bias = self.rab(timestamps, next_timestamps)
         if bias is not None:
             scores = scores + bias.unsqueeze(1)
