@@ -103,6 +103,9 @@ def test_bad_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) 
         assert message in capsys.readouterr().err
     quick = parse_args(["--quick", "--lengths", "30"])
     assert quick.quick and quick.lengths == [30] and quick.backbones == ["hstu", "sasrec"]
+    quick = parse_args(["--quick"])
+    assert len(sweep(quick, 1)) == 8 + 2  # 2 backbones x 2 scales x 2 lengths, and the jagged pair
+    assert [(c.backbone, c.num_sets, c.max_seq_len) for c in sweep(quick, 2)] == [("hstu", 1, 200)]
 
 
 @pytest.fixture(scope="module")
