@@ -77,7 +77,7 @@ if __package__ in (None, ""):  # run as a script: import the parts beside it as 
 from benchmarks import measure, report  # noqa: E402
 from benchmarks.roofline import matmul_peak_gflops, roofline_fraction  # noqa: E402
 from benchmarks.throughput import _quiet  # noqa: E402
-from torchrec_me.config import Config, ConfigError  # noqa: E402
+from torchrec_me.config import Config, ConfigError, ModelConfig  # noqa: E402
 from torchrec_me.data.sequence_batch import ITEM_FEATURE, SequenceBatch  # noqa: E402
 from torchrec_me.distributed.sharding import DistContext, init_distributed  # noqa: E402
 from torchrec_me.job import Job, build_job, job_config_from_dict, load_dataset  # noqa: E402
@@ -124,6 +124,10 @@ class SequentialOptions:
         peer_sizes (List[str]): sizes the peer is compared at (HSTU SE).
         quick (bool): the quick preset (:meth:`quick_preset`).
         json_path (Optional[str]): write every row here (a JSON list).
+        render (Optional[str]): only print the tables of this saved JSON list.
+        recount_flops (bool): with ``render``, count the FLOPs per token again (after a
+            fix of the counter) and rescale the roofline fractions by new / old; the
+            times are the saved ones.
     """
 
     backbones: List[str] = field(default_factory=lambda: ["hstu", "sasrec", "llama"])
@@ -151,6 +155,8 @@ class SequentialOptions:
     peer_sizes: List[str] = field(default_factory=lambda: ["ml1m", "ml1m-large"])
     quick: bool = False
     json_path: Optional[str] = None
+    render: Optional[str] = None
+    recount_flops: bool = False
 
     def quick_preset(self) -> "SequentialOptions":
         """``--quick``: HSTU and SASRec at ml1m, SE and ME-2x, lengths 50 and 200 (at world
@@ -192,7 +198,7 @@ class Case:
     world_size: int
     implementation: str = "torchrec_me"
     distribution: str = "full"
-    length_buckets: int = 1
+    length_buckets: int = ModelConfig.length_buckets  # the default (full rows run unbucketed)
     sparse_optimizer: str = "rowwise_adagrad"
     dropout: float = 0.2
     time_bias_source: str = "seen"
@@ -357,7 +363,8 @@ def _evaluator(job: Job, batch: SequenceBatch) -> Callable[[], int]:
 def build_ours(case: Case, options: SequentialOptions, ctx: DistContext, baseline_mb: float) -> _Bench:
     """Collective: ``case``'s job, batches, pipeline and warm-up; its own peak memory."""
     cfg = case.config(options)
-    rng = np.random.default_rng([ctx.rank, case.max_seq_len, case.length_buckets, 7])
+    # The same batches for every length_buckets value of one distribution.
+    rng = np.random.default_rng([ctx.rank, case.max_seq_len, DISTRIBUTIONS.index(case.distribution), 7])
     batches = [make_batch(row_lengths(case, options, rng), options.num_items, rng).to(ctx.device)
                for _ in range(options.num_batches)]  # fmt: skip
     before = measure.reset_peak_memory(ctx.device)
@@ -775,6 +782,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> SequentialOptions:
     p.add_argument("--peer", help="directory of gr_peer.py (the reference's HSTU, outside this repository)")
     p.add_argument("--peer-sizes", nargs="+", default=d.peer_sizes)
     p.add_argument("--json", dest="json_path", help="write every row here (a JSON list)")
+    p.add_argument("--render", help="print the tables of a saved --json file instead of measuring")
+    p.add_argument("--recount-flops", action="store_true",
+                   help="with --render: count each row's FLOPs/token again and rescale its roofline fractions")
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
     options = SequentialOptions(**args)
@@ -788,9 +798,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> SequentialOptions:
     return options
 
 
+def recount(rows: List[Dict[str, Any]], options: SequentialOptions) -> List[Dict[str, Any]]:
+    """``rows`` with ``gflop_per_token`` counted again and the roofline fractions scaled
+    by new / old (the measured times unchanged)."""
+    out = []
+    for r in rows:
+        case = Case(r["backbone"], r["size"], r["num_sets"], r["max_seq_len"], 1, dropout=r["dropout"])
+        new = gflop_per_token(case, options)
+        scale = new / r["gflop_per_token"]
+        out.append(dict(r, gflop_per_token=new, roofline_fraction=r["roofline_fraction"] * scale,
+                        roofline_fraction_by_round=[f * scale for f in r["roofline_fraction_by_round"]]))  # fmt: skip
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     options = parse_args(argv)
     _quiet()
+    if options.render:
+        with open(options.render) as f:
+            saved = json.load(f)
+        saved = recount(saved, options) if options.recount_flops else saved
+        print(render(saved), flush=True)
+        if options.json_path:
+            with open(options.json_path, "w") as f:
+                json.dump(saved, f, indent=1)
+        return
     under_torchrun = "WORLD_SIZE" in os.environ
     here = int(os.environ.get("WORLD_SIZE", 1))
     rows: List[SequentialResult] = []

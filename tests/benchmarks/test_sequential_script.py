@@ -18,9 +18,10 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from benchmarks.sequential import Case, SequentialOptions, make_batch, parse_args, row_lengths, sweep
+from benchmarks.sequential import Case, SequentialOptions, main, make_batch, parse_args, row_lengths, sweep
 from tests.benchmarks import markdown
 from tests.data.sequences.rawseq import random_log, write_udata
+from torchrec_me.config import ModelConfig
 from torchrec_me.data.prepare.common import PrepareOptions
 from torchrec_me.data.sequences.prepare import prepare_sequences
 
@@ -135,11 +136,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
 def test_it_measured_exactly_the_configurations_asked_for(run: Dict[str, Any]) -> None:
     got = sorted((r["implementation"], r["backbone"], r["model"], r["distribution"], r["length_buckets"],
                   r["world_size"], r["sparse_optimizer"]) for r in run["rows"])  # fmt: skip
-    grid = [("torchrec_me", b, m, "full", 1, w, "rowwise_adagrad") for b in ("hstu", "sasrec")
+    k = ModelConfig.length_buckets  # the model's default
+    grid = [("torchrec_me", b, m, "full", k, w, "rowwise_adagrad") for b in ("hstu", "sasrec")
             for m in ("SE", "ME-2x") for w in (1, 2)]  # fmt: skip
-    peer = [("reference", "hstu", "SE", "full", 1, 1, "adamw (dense table)"),
-            ("torchrec_me", "hstu", "SE", "full", 1, 1, "adam_dense")]  # fmt: skip
-    peer_ours = ("torchrec_me", "hstu", "SE", "full", 1, 1, "rowwise_adagrad")  # dropout 0: its own row
+    peer = [("reference", "hstu", "SE", "full", k, 1, "adamw (dense table)"),
+            ("torchrec_me", "hstu", "SE", "full", k, 1, "adam_dense")]  # fmt: skip
+    peer_ours = ("torchrec_me", "hstu", "SE", "full", k, 1, "rowwise_adagrad")  # dropout 0: its own row
     jagged = [("torchrec_me", "hstu", "SE", d, k, 1, "rowwise_adagrad") for d in ("longtail", "dataset") for k in (1, 2)]
     assert got == sorted(grid + peer + [peer_ours] + jagged)
 
@@ -193,6 +195,21 @@ def test_every_table_is_printed_with_its_machine(run: Dict[str, Any]) -> None:
     assert "ml1m L=8: max |ours - reference| 1.5e-08 (outputs up to 0.90, 64 positions), weight gradients 2.0e-06" in run["stdout"]
     parity = [r["parity"] for r in run["rows"] if r["parity"]]
     assert len(parity) == 1 and "notes" not in parity[0]
+
+
+@pytest.mark.slow
+def test_saved_rows_render_the_same_tables(run: Dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    saved = tmp_path / "rows.json"
+    saved.write_text(json.dumps(run["rows"]))
+    main(["--render", str(saved)])
+    assert capsys.readouterr().out == run["stdout"]
+    main(["--render", str(saved), "--recount-flops", "--num-negatives", "4", "--num-items", "50",
+          "--json", str(tmp_path / "recounted.json")])  # fmt: skip
+    capsys.readouterr()
+    recounted = json.loads((tmp_path / "recounted.json").read_text())
+    for old, new in zip(run["rows"], recounted):  # the same counter: the same FLOPs and fractions
+        assert new["gflop_per_token"] == pytest.approx(old["gflop_per_token"])
+        assert new["roofline_fraction"] == pytest.approx(old["roofline_fraction"])
 
 
 def test_fake_peer_is_valid_python() -> None:

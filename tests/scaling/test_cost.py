@@ -27,6 +27,26 @@ def test_hstu_flops_per_token(blocks: int, length: int) -> None:
     assert cost["sparse_params"] == 40 * d
 
 
+@pytest.mark.parametrize("backbone", ["sasrec", "llama"])
+def test_sdpa_attention_is_counted_for_sasrec_and_llama(backbone: str) -> None:
+    """Their attention runs in PyTorch's scaled-dot-product kernels (CPU flash attention,
+    MultiheadAttention): per token and block q k^T and A v cost 2*L*D each, so doubling
+    the length adds 3 * blocks * 4 * L * D; SASRec per block also has its 4 D x D input
+    and output projections and its 2 feed-forward D x D layers."""
+    d, m, blocks = 48, 16, 2
+
+    def cost(length: int) -> float:
+        cfg = load_job_config(overrides=[f"model={backbone}-se-1x", f"model.num_blocks={blocks}",
+                                         f"model.max_seq_len={length}", f"model.num_negatives={m}",
+                                         "data.num_users=32", "data.num_items=40"])  # fmt: skip
+        return training_flops(cfg, load_dataset(cfg))["flops_per_token"]
+
+    assert cost(32) - cost(16) == 3 * blocks * 4 * 16 * d
+    if backbone == "sasrec":
+        per_block = 2 * d * 3 * d + 2 * d * d + 2 * (2 * d * d) + 2 * (2 * 16 * d)
+        assert cost(16) == 3 * (blocks * per_block + 2 * m * d)
+
+
 def test_me_sets_each_run_their_own_stack() -> None:
     base = ["model.num_negatives=16", "data.num_users=32", "data.num_items=40", "model.max_seq_len=20"]
     one = load_job_config(overrides=["model=hstu-se-1x", *base])

@@ -144,7 +144,7 @@ class SequenceEncoder(nn.Module):
             torch.Tensor: (B, L, D) hidden states, zero at the padding.
         """
         x = self.input(embeddings, mask)
-        if self.config.length_buckets > 1 and x.shape[0] > 1:
+        if self.config.length_buckets > 1 and x.shape[0] > 1 and not bool(mask.all()):  # some padding to save
             x = self._bucketed_blocks(x, mask, timestamps, next_timestamps)
         else:
             x = self._blocks(x, timestamps, next_timestamps)

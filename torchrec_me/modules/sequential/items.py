@@ -223,7 +223,14 @@ class NegativeSampler(nn.Module):
             self.step += 1
         if not self.per_position:
             return item_features(items, negatives, counts), empty
-        distinct, index = torch.unique(negatives, return_inverse=True)
+        # The distinct ids in order, and each draw's place among them: torch.unique's
+        # result in O(draws + num_items), without sorting the P * M draws.
+        present = torch.zeros(self.num_items, dtype=torch.bool, device=negatives.device)
+        present[negatives] = True
+        distinct = present.nonzero().squeeze(1)
+        place = torch.empty(self.num_items, dtype=torch.long, device=negatives.device)
+        place[distinct] = torch.arange(distinct.numel(), device=negatives.device)
+        index = place[negatives]
         lengths = torch.zeros_like(counts)
         lengths[:1] = distinct.numel()
         return item_features(items, distinct, lengths), index.reshape(-1, self.num_negatives)
