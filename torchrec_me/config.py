@@ -128,8 +128,8 @@ class ModelConfig:
         num_time_buckets (int): log buckets of the time gap.
         length_buckets (int): the encoders run on this many groups of rows of similar
             length, each padded to its own longest row (1: the batch padded to its
-            longest row); same function, less padding on long-tailed lengths (4: the
-            fastest on MovieLens-100k's lengths, see benchmarks/README.md).
+            longest row); same function, less padding on long-tailed lengths (8: the
+            fastest at MovieLens-100k's lengths, see benchmarks/README.md).
         num_negatives (int): uniform negatives of the sampled softmax.
         negatives_per_position (bool): draw ``num_negatives`` for every predicted
             position (the reference's sampling, L times the lookups) instead of per row.
@@ -162,7 +162,7 @@ class ModelConfig:
     attention_scale: str = "length"
     time_bias_source: str = "seen"
     num_time_buckets: int = 128
-    length_buckets: int = 4
+    length_buckets: int = 8
     num_negatives: int = 128
     negatives_per_position: bool = False
     temperature: float = 0.05

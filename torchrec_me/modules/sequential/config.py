@@ -50,8 +50,9 @@ class EncoderConfig:
             length, each padded only to its own longest row (1: the whole batch padded
             to its longest row); the same function, less padding (see
             :class:`~torchrec_me.modules.sequential.common.SequenceEncoder`). The default
-            4 was the fastest on MovieLens-100k's lengths (``benchmarks/sequential.py
-            --jagged``); a batch without padding runs unbucketed.
+            8 was the fastest at MovieLens-100k's lengths and at a long-tailed one
+            (``benchmarks/sequential.py --jagged``, batch 128); a batch without padding
+            runs unbucketed.
 
     Example::
 
@@ -67,7 +68,7 @@ class EncoderConfig:
     attention_scale: str = "length"
     time_bias_source: str = "seen"
     num_time_buckets: int = 128
-    length_buckets: int = 4
+    length_buckets: int = 8
 
     def __post_init__(self) -> None:
         for key in ("num_blocks", "num_heads", "max_seq_len", "num_time_buckets", "length_buckets"):
