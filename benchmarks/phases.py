@@ -8,7 +8,7 @@ and output distribution.
 """
 
 import time
-from typing import Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import torch
 from torchrec.datasets.utils import Batch
@@ -45,14 +45,22 @@ def _phase_marks(job: Job, batch: Batch) -> Sequence[float]:
     return marks
 
 
+def average_phases(marks: Callable[[Any], Sequence[float]], phases: Sequence[str], batches: Sequence[Any],
+                   steps: int) -> Dict[str, float]:  # fmt: skip
+    """Milliseconds per step of each of ``phases``, averaged over ``steps`` steps after one
+    warm-up step, and their sum: ``marks(batch)`` runs one eager step and returns the clock
+    before and after each phase."""
+    out = {p: 0.0 for p in phases}
+    for i in range(steps + 1):
+        clock = marks(batches[i % len(batches)])
+        if i:
+            for p, a, b in zip(phases, clock, clock[1:]):
+                out[p] += (b - a) * 1e3 / steps
+    out["eager step (sum)"] = sum(out[p] for p in phases)
+    return out
+
+
 def time_phases(job: Job, batches: Sequence[Batch], steps: int) -> Dict[str, float]:
     """Milliseconds per eager step of ``job``, by phase (averaged over ``steps`` after one
     warm-up step), and their sum."""
-    out = {p: 0.0 for p in PHASES}
-    for i in range(steps + 1):
-        marks = _phase_marks(job, batches[i % len(batches)])
-        if i:
-            for p, a, b in zip(PHASES, marks, marks[1:]):
-                out[p] += (b - a) * 1e3 / steps
-    out["eager step (sum)"] = sum(out[p] for p in PHASES)
-    return out
+    return average_phases(lambda batch: _phase_marks(job, batch), PHASES, batches, steps)

@@ -55,10 +55,8 @@ import dataclasses
 import importlib
 import itertools
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,16 +65,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
-from torchrec.test_utils import get_free_port
 
 if __package__ in (None, ""):  # run as a script: import the parts beside it as the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import measure, report  # noqa: E402
+from benchmarks import measure, report, worlds  # noqa: E402
+from benchmarks.phases import average_phases  # noqa: E402
 from benchmarks.roofline import matmul_peak_gflops, roofline_fraction  # noqa: E402
-from benchmarks.throughput import _quiet  # noqa: E402
 from torchrec_me.config import Config, ConfigError, ModelConfig  # noqa: E402
 from torchrec_me.data.sequence_batch import ITEM_FEATURE, SequenceBatch  # noqa: E402
 from torchrec_me.distributed.sharding import DistContext, init_distributed  # noqa: E402
@@ -493,13 +489,7 @@ def encoder_operators(job: Job, batch: SequenceBatch, steps: int) -> Dict[str, f
 def time_phases(job: Job, batches: Sequence[SequenceBatch], steps: int) -> Dict[str, float]:
     """Milliseconds per eager step by phase (after one warm-up step), their sum, and the
     encoders' operators by kind (:func:`encoder_operators`, profiled apart)."""
-    out = {p: 0.0 for p in PHASES}
-    for i in range(steps + 1):
-        marks = _phase_marks(job, batches[i % len(batches)])
-        if i:
-            for p, a, b in zip(PHASES, marks, marks[1:]):
-                out[p] += (b - a) * 1e3 / steps
-    out["eager step (sum)"] = sum(out[p] for p in PHASES)
+    out = average_phases(lambda batch: _phase_marks(job, batch), PHASES, batches, steps)
     out.update(encoder_operators(job, batches[0], max(1, steps // 2)))
     return out
 
@@ -648,31 +638,10 @@ def run_world(cases: Sequence[Case], options: SequentialOptions) -> List[Sequent
     return rows
 
 
-def _spawned_rank(rank: int, world_size: int, port: int, threads: int, options: SequentialOptions, out: str) -> None:
-    """One rank of :func:`spawn_world`: joins the group as a torchrun worker would."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    torch.set_num_threads(threads)
-    _quiet()
-    try:
-        rows = run_world(sweep(options, world_size), options)
-        if rank == 0:
-            with open(out, "w") as f:
-                json.dump([dataclasses.asdict(r) for r in rows], f)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def spawn_world(options: SequentialOptions, world_size: int) -> List[SequentialResult]:
-    """The rows of the ``world_size`` configurations, on as many spawned ranks (this
-    process's threads divided among them)."""
-    threads = max(1, torch.get_num_threads() // world_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rows.json")
-        mp.spawn(_spawned_rank, args=(world_size, get_free_port(), threads, options, out), nprocs=world_size)
-        with open(out) as f:
-            return [SequentialResult(**row) for row in json.load(f)]
+def measure_world(options: SequentialOptions, world_size: int) -> List[SequentialResult]:
+    """Collective: the rows of every configuration at ``world_size`` (a target of
+    :func:`benchmarks.worlds.run_world_sizes`)."""
+    return run_world(sweep(options, world_size), options)
 
 
 # ---------------------------------------------------------------------- report
@@ -813,7 +782,7 @@ def recount(rows: List[Dict[str, Any]], options: SequentialOptions) -> List[Dict
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     options = parse_args(argv)
-    _quiet()
+    worlds.quiet()
     if options.render:
         with open(options.render) as f:
             saved = json.load(f)
@@ -823,19 +792,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             with open(options.json_path, "w") as f:
                 json.dump(saved, f, indent=1)
         return
-    under_torchrun = "WORLD_SIZE" in os.environ
-    here = int(os.environ.get("WORLD_SIZE", 1))
-    rows: List[SequentialResult] = []
-    for ws in sorted(set(options.world_sizes or ([here] if under_torchrun else [1, 2]))):
-        if ws == here:
-            rows += run_world(sweep(options, ws), options)
-        elif not under_torchrun:
-            rows += spawn_world(options, ws)
-    if dist.is_initialized():
-        rank = dist.get_rank()
-        dist.destroy_process_group()
-        if rank != 0:
-            return
+    rows = worlds.run_world_sizes(measure_world, options, options.world_sizes, SequentialResult)
+    if rows is None:  # not the reporting rank
+        return
     dicts = [dataclasses.asdict(r) for r in rows]
     print(render(dicts), flush=True)
     if options.json_path:

@@ -18,10 +18,8 @@ roofline (``roofline.py``). The report (``report.py``) has these tables:
 Shaped like TorchRec's benchmark harness (``torchrec/distributed/benchmark``): what to run
 is one :class:`ThroughputOptions`, each configuration gives one :class:`ThroughputResult`
 (a JSON row), every job is built by ``torchrec_me.job.build_job``, and :func:`time_steps`
-is the one timer of training steps. Another world size than this process's runs on ranks
-started by ``torch.multiprocessing.spawn``, which hands each rank the options object
-itself, as TorchRec's ``multi_process_benchmark`` does: no command line is rebuilt, so
-no option can be lost on the way. Under torchrun (``WORLD_SIZE`` set) only the
+is the one timer of training steps. Other world sizes than this process's run on
+spawned ranks (``benchmarks/worlds.py``); under torchrun (``WORLD_SIZE`` set) only the
 configurations at its world size run, and rank 0 reports.
 
 ``--batch-size`` is per rank; samples/s count every rank and use the median step time
@@ -36,29 +34,22 @@ model. A CUDA device is used when available.
 import argparse
 import dataclasses
 import itertools
-import json
-import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.test_utils import get_free_port
 
 if __package__ in (None, ""):  # run as a script: import the parts beside it as the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import measure, report  # noqa: E402
+from benchmarks import measure, report, worlds  # noqa: E402
 from benchmarks.phases import time_phases  # noqa: E402
 from benchmarks.roofline import dense_flops_per_sample, matmul_peak_gflops, roofline_fraction  # noqa: E402
 from torchrec_me.config import Config, ConfigError  # noqa: E402
@@ -370,39 +361,10 @@ def run_world(cases: Sequence[Case], options: ThroughputOptions) -> List[Through
     return rows
 
 
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    logging.getLogger("torchrec").setLevel(logging.ERROR)
-
-
-def _spawned_rank(rank: int, world_size: int, port: int, threads: int, options: ThroughputOptions,
-                  out: str) -> None:  # fmt: skip
-    """One rank of :func:`spawn_world`: joins the group as a torchrun worker would."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    torch.set_num_threads(threads)
-    _quiet()
-    try:
-        rows = run_world(sweep(options, world_size), options)
-        if rank == 0:
-            report.write_json([dataclasses.asdict(r) for r in rows], out)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def spawn_world(options: ThroughputOptions, world_size: int) -> List[ThroughputResult]:
-    """The rows of the ``world_size`` configurations, run on as many spawned ranks here.
-
-    Each rank gets ``options`` itself and this process's CPU threads divided among the
-    ranks (torchrun's default is 1 per rank; on 2 cores the two agree).
-    """
-    threads = max(1, torch.get_num_threads() // world_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rows.json")
-        mp.spawn(_spawned_rank, args=(world_size, get_free_port(), threads, options, out), nprocs=world_size)
-        with open(out) as f:
-            return [ThroughputResult(**row) for row in json.load(f)]
+def measure_world(options: ThroughputOptions, world_size: int) -> List[ThroughputResult]:
+    """Collective: the rows of every configuration at ``world_size`` (a target of
+    :func:`benchmarks.worlds.run_world_sizes`)."""
+    return run_world(sweep(options, world_size), options)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> ThroughputOptions:
@@ -439,20 +401,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ThroughputOptions:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     options = parse_args(argv)
-    _quiet()
-    under_torchrun = "WORLD_SIZE" in os.environ
-    here = int(os.environ.get("WORLD_SIZE", 1))
-    rows: List[ThroughputResult] = []
-    for ws in sorted(set(options.world_sizes or ([here] if under_torchrun else [1, 2]))):
-        if ws == here:
-            rows += run_world(sweep(options, ws), options)
-        elif not under_torchrun:
-            rows += spawn_world(options, ws)
-    if dist.is_initialized():
-        rank = dist.get_rank()
-        dist.destroy_process_group()
-        if rank != 0:
-            return
+    worlds.quiet()
+    rows = worlds.run_world_sizes(measure_world, options, options.world_sizes, ThroughputResult)
+    if rows is None:  # not the reporting rank
+        return
     print(report.render([dataclasses.asdict(r) for r in rows]), flush=True)
     if options.json_path:
         report.write_json([dataclasses.asdict(r) for r in rows], options.json_path)
