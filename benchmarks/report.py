@@ -44,16 +44,24 @@ def describe_machine(device: torch.device) -> str:
     return f"{model}, {len(os.sched_getaffinity(0))} cores"
 
 
-def markdown_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
-    """One markdown table: a row per row, ``columns`` formatted by :data:`FORMATS`."""
+def markdown_table(rows: Sequence[Row], columns: Sequence[str], formats: Mapping[str, str] = FORMATS) -> str:
+    """One markdown table: a row per row, ``columns`` formatted by ``formats``; a value
+    of None (not measured) is ``n/a``."""
+
+    def cell(row: Row, column: str) -> str:
+        value = row.get(column)
+        return "n/a" if value is None else formats.get(column, "{}").format(value)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(FORMATS.get(c, "{}").format(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def machine_line(rows: Sequence[Row]) -> str:
-    """Where ``rows`` ran: the machine, and the matmul peak of each world size among them."""
-    machines = ", ".join(sorted({f"{r['machine']} ({r['device']})" for r in rows}))
+def machine_line(rows: Sequence[Row], threads: bool = False) -> str:
+    """Where ``rows`` ran: the machine (and, with ``threads``, the threads of a rank), and
+    the matmul peak of each world size among them."""
+    extra = (lambda r: f", {r['threads_per_rank']} threads a rank") if threads else (lambda r: "")
+    machines = ", ".join(sorted({f"{r['machine']} ({r['device']}{extra(r)})" for r in rows}))
     peaks = sorted({(r["world_size"], round(r["matmul_peak_gflops"]), round(r["matmul_peak_gflops_best"])) for r in rows})
     return (f"Machine: {machines}. fp32 matmul peak, all ranks at once (median of rounds / best of run): "
             + ", ".join(f"W={w}: {p} / {b} GFLOP/s" for w, p, b in peaks))  # fmt: skip

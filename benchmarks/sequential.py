@@ -339,20 +339,20 @@ def time_calls(fn: Callable[[], Any], calls: int, device: torch.device, collecti
 def _evaluator(job: Job, batch: SequenceBatch) -> Callable[[], int]:
     """Full-corpus evaluation of ``batch``: user vectors, every item scored, top 200."""
     model = job.model.module.model
+    with torch.no_grad():
+        job.model.eval()
+        items = model.all_item_vectors()  # once per evaluation, not timed
+        job.model.train()
 
     def evaluate() -> int:
         job.model.eval()
         with torch.no_grad():
             _, (_, users, _) = job.model(batch)
-            scores = model.score_all_items(users, evaluate.items)  # type: ignore[attr-defined]
+            scores = model.score_all_items(users, items)
             torch.topk(scores, min(EVAL_TOP_K, scores.shape[1]), dim=1)
         job.model.train()
         return users.shape[0]
 
-    with torch.no_grad():
-        job.model.eval()
-        evaluate.items = model.all_item_vectors()  # type: ignore[attr-defined]
-        job.model.train()
     return evaluate
 
 
@@ -647,6 +647,7 @@ def measure_world(options: SequentialOptions, world_size: int) -> List[Sequentia
 # ---------------------------------------------------------------------- report
 
 FORMATS = {
+    **report.FORMATS,
     "tokens_per_s": "{:,.0f}", "sequences_per_s": "{:,.1f}", "eval_users_per_s": "{:,.0f}", "step_ms": "{:.0f}",
     "peak_mem_mb": "{:,.0f}", "gflop_per_token": "{:.4f}", "roofline_fraction": "{:.1%}", "ms_per_step": "{:.1f}",
     "vs_reference": "{:.2f}x", "vs_padded": "{:.2f}x",
@@ -656,19 +657,11 @@ PERF = ["tokens_per_s", "sequences_per_s", "step_ms", "gflop_per_token", "roofli
 
 
 def markdown_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> str:
-    def cell(row: Dict[str, Any], c: str) -> str:
-        value = row.get(c)
-        return "n/a" if value is None else FORMATS.get(c, "{}").format(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows])
+    return report.markdown_table(rows, columns, FORMATS)
 
 
 def machine_line(rows: Sequence[Dict[str, Any]]) -> str:
-    machines = ", ".join(sorted({f"{r['machine']} ({r['device']}, {r['threads_per_rank']} threads a rank)" for r in rows}))
-    peaks = sorted({(r["world_size"], round(r["matmul_peak_gflops"]), round(r["matmul_peak_gflops_best"])) for r in rows})
-    return (f"Machine: {machines}. fp32 matmul peak, all ranks at once (median of rounds / best of run): "
-            + ", ".join(f"W={w}: {p} / {b} GFLOP/s" for w, p, b in peaks))  # fmt: skip
+    return report.machine_line(rows, threads=True)
 
 
 def render(rows: Sequence[Dict[str, Any]]) -> str:

@@ -29,7 +29,7 @@ from torchrec_me.modules.sequential import (
     build_encoder,
     sample_negatives,
 )
-from torchrec_me.modules.sequential.hstu import time_buckets
+from torchrec_me.modules.sequential.hstu import RelativeBias, time_buckets
 from torchrec_me.modules.sequential.items import hash_ids
 
 
@@ -227,21 +227,20 @@ def test_rab_switches_read_timestamps_as_documented(rab: str, generator: torch.G
     assert torch.allclose(nxt2[0, 2], nxt[0, 2]) != uses_time
 
 
-def test_time_buckets_are_shared_by_the_blocks_and_recomputed_when_the_times_change() -> None:
-    from torchrec_me.modules.sequential.hstu import RelativeBias, _PairBuckets
-
-    rab = RelativeBias(EncoderConfig(max_seq_len=4, rab="time"))
-    ts = torch.tensor([[0, 10, 1000]])
-    first = rab(ts, ts)
-    assert rab(ts, ts) is not None and _PairBuckets.value is not None
-    shared = _PairBuckets.value
-    RelativeBias(EncoderConfig(max_seq_len=4, rab="time"))(ts, ts)  # another block, the same times
-    assert _PairBuckets.value is shared
-    ts[0, 0] = -(10**6)  # changed in place: a new version, recomputed
-    changed = rab(ts, ts)
-    assert not torch.equal(changed, first) and torch.equal(changed, rab(ts.clone(), ts.clone()))
-    direct = rab.time_weight[time_buckets(ts.unsqueeze(2) - ts.unsqueeze(1), 128)]
-    torch.testing.assert_close(changed, direct)
+def test_stack_computes_the_time_buckets_once_with_the_same_result(torch_seed: int, generator: torch.Generator) -> None:
+    """The encoder hands every block the buckets it computed once; each block computing
+    its own gives the same output."""
+    enc = HSTUEncoder(8, EncoderConfig(num_blocks=3, num_heads=2, max_seq_len=8, dropout=0.0, rab="both")).eval()
+    x, mask, ts, nts = _inputs(generator=generator)
+    out = enc(x, mask, ts, nts)
+    h = enc.input(x, mask)
+    for block in enc.blocks:
+        h = block(h, ts, nts)  # no buckets given: computed in the block
+    torch.testing.assert_close(out, h * mask.unsqueeze(-1), rtol=0, atol=0)
+    rab = enc.blocks[0].rab
+    assert torch.equal(rab.buckets(ts, nts), time_buckets(ts.unsqueeze(2) - ts.unsqueeze(1), 128))  # 'seen'
+    assert torch.equal(rab(ts, nts), rab(ts, nts, rab.buckets(ts, nts)))
+    assert RelativeBias(EncoderConfig(max_seq_len=8, rab="position")).buckets(ts, nts) is None
 
 
 def test_rab_none_and_position_differ(generator: torch.Generator) -> None:

@@ -164,12 +164,10 @@ def train_views(
     full = padding_mask(lengths, max(int(lengths.max()) if lengths.numel() else 0, 2))
     mask = padding_mask(lengths - 1, full.shape[1] - 1)
 
-    if per_position:
-        index: Optional[torch.Tensor] = negative_index
+    if per_position:  # the U distinct rows as they are, and the ids each position drew
         negative_ids = negatives.values()[negative_index]
         neg_views = [out[NEGATIVE_FEATURE].values() for out in per_set]
     else:
-        index = None
         negative_ids = negatives.values().reshape(lengths.numel(), num_negatives)
         neg_views = [out[NEGATIVE_FEATURE].values().reshape(lengths.numel(), num_negatives, -1) for out in per_set]
 
@@ -184,7 +182,7 @@ def train_views(
         next_timestamps=times[:, 1:],
         positive_ids=ids[:, 1:],
         negative_ids=negative_ids,
-        negative_index=index,
+        negative_index=negative_index if per_position else None,
     )
 
 

@@ -48,30 +48,6 @@ def time_buckets(gaps: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return logs.floor().long().clamp(0, num_buckets)
 
 
-class _PairBuckets:
-    """The last (B, L, L) time buckets computed, kept for the next block of the stack.
-
-    Every block (and every set's stack) of one forward gets the same timestamp tensors
-    and computes the same buckets, a dozen element-wise passes over B * L * L gaps in
-    float64; the first block computes them, the others reuse them. The entry is keyed by
-    the tensors themselves (held, compared with ``is``) and their version counters, so
-    new or modified timestamps always recompute.
-    """
-
-    key: Tuple[object, ...] = ()
-    value: Optional[torch.Tensor] = None
-
-    @classmethod
-    def get(cls, query: torch.Tensor, timestamps: torch.Tensor, num_buckets: int) -> torch.Tensor:
-        key = (query, query._version, timestamps, timestamps._version, num_buckets)
-        old = cls.key
-        same = bool(old) and old[0] is query and old[2] is timestamps and old[1::2] == key[1::2]
-        if cls.value is None or not same:
-            cls.value = time_buckets(query.unsqueeze(2) - timestamps.unsqueeze(1), num_buckets)
-            cls.key = key
-        return cls.value
-
-
 class RelativeBias(nn.Module):
     """HSTU's relative attention bias ``rab(i, j)`` for query i and key j <= i.
 
@@ -112,12 +88,24 @@ class RelativeBias(nn.Module):
         if use_time:
             self.time_weight = nn.Parameter(torch.empty(config.num_time_buckets + 1).normal_(0.0, 0.02))
 
-    def forward(self, timestamps: torch.Tensor, next_timestamps: torch.Tensor) -> Optional[torch.Tensor]:
+    def buckets(self, timestamps: torch.Tensor, next_timestamps: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, L, L) time bucket of each pair (i, j), or None without a time part. It
+        depends only on the timestamps, so a stack computes it once for all its blocks."""
+        if self.time_weight is None:
+            return None
+        query = self.query_time(timestamps, next_timestamps)
+        return time_buckets(query.unsqueeze(2) - timestamps.unsqueeze(1), self.num_time_buckets)
+
+    def forward(
+        self, timestamps: torch.Tensor, next_timestamps: torch.Tensor, buckets: Optional[torch.Tensor] = None
+    ) -> Optional[torch.Tensor]:
         """
         Args:
             timestamps (torch.Tensor): (B, L) int64 time of each input item.
             next_timestamps (torch.Tensor): (B, L) int64 time of the item each position
                 predicts.
+            buckets (Optional[torch.Tensor]): :meth:`buckets` of these timestamps, when
+                already computed.
 
         Returns:
             Optional[torch.Tensor]: (B, L, L) bias (``(1, L, L)`` with the position part
@@ -131,8 +119,8 @@ class RelativeBias(nn.Module):
             offsets = (pos.unsqueeze(0) - pos.unsqueeze(1)).clamp(-limit, limit) + limit
             bias = self.position_weight[offsets].unsqueeze(0)
         if self.time_weight is not None:
-            query = self.query_time(timestamps, next_timestamps)
-            time_bias = self.time_weight[_PairBuckets.get(query, timestamps, self.num_time_buckets)]
+            buckets = self.buckets(timestamps, next_timestamps) if buckets is None else buckets
+            time_bias = self.time_weight[buckets]
             bias = time_bias if bias is None else bias + time_bias
         return bias
 
@@ -192,13 +180,18 @@ class HSTUBlock(nn.Module):
         self.rab = RelativeBias(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor,
+        buckets: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:  # fmt: skip
         """
         Args:
             x (torch.Tensor): (B, L, D) hidden states, right-padded.
             timestamps (torch.Tensor): (B, L) int64 time of each input item.
             next_timestamps (torch.Tensor): (B, L) int64 time of the item each position
                 predicts.
+            buckets (Optional[torch.Tensor]): the time buckets of these timestamps
+                (:meth:`RelativeBias.buckets`), when the stack computed them already.
 
         Returns:
             torch.Tensor: (B, L, D), causal in L.
@@ -210,7 +203,7 @@ class HSTUBlock(nn.Module):
         scores = torch.einsum("bihd,bjhd->bhij", q.reshape(heads), k.reshape(heads))
         if self.qk_scale != 1.0:
             scores = scores * self.qk_scale
-        bias = self.rab(timestamps, next_timestamps)
+        bias = self.rab(timestamps, next_timestamps, buckets)
         if bias is not None:
             scores = scores + bias.unsqueeze(1)
         attn = self.weights_fn(self, scores, causal_mask(length, x.device))
@@ -237,3 +230,11 @@ class HSTUEncoder(SequenceEncoder):
     """
 
     block_type = HSTUBlock
+
+    def _blocks(self, x: torch.Tensor, timestamps: torch.Tensor, next_timestamps: torch.Tensor) -> torch.Tensor:
+        # The time buckets (a dozen passes over B x L x L gaps) depend only on the
+        # timestamps: computed once here, not in every block.
+        buckets = self.blocks[0].rab.buckets(timestamps, next_timestamps)
+        for block in self.blocks:
+            x = block(x, timestamps, next_timestamps, buckets)
+        return x

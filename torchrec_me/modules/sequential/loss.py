@@ -134,20 +134,19 @@ class SampledSoftmaxLoss(nn.Module):
         """
         units = [F.normalize(p, dim=-1) for p in positives]
         pos = sum((u * p).sum(-1) for u, p in zip(users, units)) / len(users)
+        # Every part as (P, .) over the valid positions.
         if negative_index is None:
-            neg = _negative_scores(users, negatives)
             ids = negative_ids if negative_ids.dim() == 3 else negative_ids.unsqueeze(1)
-            parts = [pos.unsqueeze(-1), neg.masked_fill(ids == positive_ids.unsqueeze(-1), float("-inf"))]
-        else:  # per-position negatives, each distinct row once; (P, .) over the valid positions
+            neg = _negative_scores(users, negatives).masked_fill(ids == positive_ids.unsqueeze(-1), float("-inf"))[mask]
+        else:  # per-position negatives, each distinct row once
             neg = indexed_negative_scores([u[mask] for u in users], negatives, negative_index)
-            parts = [pos[mask].unsqueeze(-1), neg.masked_fill(negative_ids == positive_ids[mask].unsqueeze(-1), float("-inf"))]
+            neg = neg.masked_fill(negative_ids == positive_ids[mask].unsqueeze(-1), float("-inf"))
+        parts = [pos[mask].unsqueeze(-1), neg]
         if self.in_batch_negatives:
             extra, extra_ids = self._in_batch(units, mask, positive_ids, negative_ids.shape[-1])
             scores = _negative_scores(users, extra)
-            scores = scores.masked_fill(extra_ids.unsqueeze(1) == positive_ids.unsqueeze(-1), float("-inf"))
-            parts.append(scores if negative_index is None else scores[mask])
-        logits = torch.cat(parts, dim=-1)
-        logits = (logits if negative_index is not None else logits[mask]) / self.temperature
+            parts.append(scores.masked_fill(extra_ids.unsqueeze(1) == positive_ids.unsqueeze(-1), float("-inf"))[mask])
+        logits = torch.cat(parts, dim=-1) / self.temperature
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         if logits.shape[0] == 0:
             return logits.sum(), logits, labels
